@@ -1,0 +1,89 @@
+"""Input validation and dtype handling shared by every public entry point.
+
+Errors name the argument, what was expected and what was received.  Half-precision
+inputs are promoted to float32: no backend has a float16 SVD/eigh, and batch statistics
+(variances, Gram matrices) overflow or lose all precision in float16.
+"""
+
+import numbers
+
+import keras
+import numpy as np
+from keras import ops
+
+_HALF = ("float16", "bfloat16")
+
+
+def standardize_dtype(x):
+    return keras.backend.standardize_dtype(getattr(x, "dtype", None) or np.asarray(x).dtype)
+
+
+def compute_dtype(x):
+    """The dtype the math runs in: float32 for half inputs, float64 kept, else float32."""
+    dtype = standardize_dtype(x)
+    return "float64" if dtype == "float64" else "float32"
+
+
+def as_float_tensor(x, name="embeddings", min_rank=2, max_rank=None):
+    """Converts `x` to a float tensor of at least `min_rank`, promoting half precision.
+
+    Raises:
+        ValueError: if `x` has an integer/bool/complex dtype or a known rank below
+            `min_rank` (or above `max_rank`).
+    """
+    if not hasattr(x, "shape") or not hasattr(x, "dtype"):
+        x = np.asarray(x)
+    dtype = standardize_dtype(x)
+    if "float" not in dtype:
+        raise ValueError(
+            f"`{name}` must have a floating dtype (float16, bfloat16, float32 or "
+            f"float64). Received: {name}.dtype={dtype}"
+        )
+    rank = len(x.shape)
+    if rank < min_rank:
+        raise ValueError(
+            f"`{name}` must have rank >= {min_rank} (a batch of vectors, shape "
+            f"(batch_size, dim)). Received: {name}.shape={tuple(x.shape)} (rank {rank})"
+        )
+    if max_rank is not None and rank > max_rank:
+        raise ValueError(
+            f"`{name}` must have rank <= {max_rank}. Received: "
+            f"{name}.shape={tuple(x.shape)} (rank {rank})"
+        )
+    return ops.cast(ops.convert_to_tensor(x), compute_dtype(x))
+
+
+def check_number(name, value, minimum=None, strict=False, maximum=None):
+    """Validates a scalar hyperparameter; returns it as a Python float."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"`{name}` must be a real number. Received: {name}={value!r}")
+    value = float(value)
+    if not np.isfinite(value):
+        raise ValueError(f"`{name}` must be finite. Received: {name}={value!r}")
+    if minimum is not None:
+        if strict and value <= minimum:
+            raise ValueError(f"`{name}` must be > {minimum}. Received: {name}={value!r}")
+        if not strict and value < minimum:
+            raise ValueError(f"`{name}` must be >= {minimum}. Received: {name}={value!r}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"`{name}` must be <= {maximum}. Received: {name}={value!r}")
+    return value
+
+
+def check_choice(name, value, choices):
+    if value not in choices:
+        raise ValueError(
+            f"`{name}` must be one of {sorted(choices)}. Received: {name}={value!r}"
+        )
+    return value
+
+
+def static_dim(x, axis):
+    """The static size of `x` along `axis`, or None when unknown at trace time."""
+    dim = x.shape[axis]
+    return None if dim is None else int(dim)
+
+
+def batch_size_as(x, dtype="float32"):
+    """The (possibly dynamic) batch size of `x` as a scalar tensor of `dtype`."""
+    return ops.cast(ops.shape(x)[0], dtype)

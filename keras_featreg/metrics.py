@@ -1,0 +1,147 @@
+"""Spectrum and collapse metrics of embedding batches, and a callback that logs them.
+
+All values come from :mod:`keras_featreg.ops` (the same primitives the regularizers use).
+"""
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_featreg import _utils
+from keras_featreg.ops import moments, spectral
+from keras_featreg.ops.spectral import singular_value_bounds  # noqa: F401  (re-export)
+
+
+def _prepared(embeddings, normalize, feature_reduction="flatten"):
+    e = _utils.as_float_tensor(embeddings, name="embeddings", min_rank=2)
+    e = spectral.reduce_features(e, feature_reduction)
+    return spectral.l2_normalize_rows(e) if normalize else e
+
+
+def mean_singular_value(embeddings, normalize=True, method="svd"):
+    """Mean singular value ``s_mu = sum_i s_i / d`` (SVMax paper, eq. 1).
+
+    Args:
+        embeddings: ``(b, d)`` array or tensor (rank > 2 is flattened).
+        normalize: L2-normalize rows first (the paper's convention for the bounds).
+        method: nuclear-norm method (``"svd"``, exact, by default; see
+            :mod:`keras_featreg.ops.spectral`).
+
+    Returns:
+        Scalar tensor.
+
+    Example:
+        >>> import numpy as np
+        >>> e = np.eye(4, dtype="float32")
+        >>> float(mean_singular_value(e))  # four unit singular values / d=4
+        1.0
+    """
+    return spectral.mean_singular_value(_prepared(embeddings, normalize), method=method)
+
+
+def singular_value_position(embeddings, normalize=True, method="svd"):
+    """Where ``s_mu`` sits between its bounds: ``(s_mu - L) / (U - L)`` in ``[0, 1]``.
+
+    0 means rank one (total collapse), 1 means all singular values equal (uniform spread).
+    Uses the scale-free bounds, so it is meaningful without normalization too.
+    """
+    e = _prepared(embeddings, normalize)
+    s_mu = spectral.mean_singular_value(e, method=method)
+    lower, upper = spectral.mean_singular_value_bounds(e)
+    return 1.0 - spectral.bounded_position(s_mu, lower, upper)
+
+
+def dimension_std(embeddings, epsilon=0.0):
+    """Per-dimension standard deviation over the batch (unbiased), shape ``(d,)``."""
+    e = _utils.as_float_tensor(embeddings, name="embeddings", min_rank=2, max_rank=2)
+    return moments.std(e, epsilon)
+
+
+def collapse_statistics(embeddings, threshold=0.01, normalize=True):
+    """Per-dimension spread summary of an embedding batch.
+
+    A dimension counts as collapsed when its standard deviation is below ``threshold``
+    times the root-mean-square standard deviation of all dimensions (so the statistic is
+    scale-free); if every dimension has zero spread they all count as collapsed.
+
+    Returns:
+        dict of Python floats: ``mean_std``, ``min_std``, ``max_std``,
+        ``collapsed_fraction``.
+    """
+    threshold = _utils.check_number("threshold", threshold, minimum=0.0)
+    e = _prepared(embeddings, normalize)
+    s = np.asarray(ops.convert_to_numpy(moments.std(e, 0.0)), dtype=np.float64)
+    rms = float(np.sqrt(np.mean(np.square(s))))
+    collapsed = s <= threshold * rms if rms > 0 else np.ones_like(s, dtype=bool)
+    return {
+        "mean_std": float(s.mean()),
+        "min_std": float(s.min()),
+        "max_std": float(s.max()),
+        "collapsed_fraction": float(collapsed.mean()),
+    }
+
+
+def spectrum_statistics(embeddings, normalize=True, threshold=0.01):
+    """Everything the :class:`SpectrumMonitor` logs, as a dict of Python floats."""
+    e = _prepared(embeddings, normalize)
+    b, d = int(e.shape[0]), int(e.shape[1])
+    s_mu = float(spectral.mean_singular_value(e, method="svd"))
+    lower, upper = (float(v) for v in spectral.mean_singular_value_bounds(e))
+    position = (s_mu - lower) / (upper - lower) if upper - lower > 1e-12 else 1.0
+    stats = {
+        "s_mu": s_mu,
+        "s_mu_lower": lower,
+        "s_mu_upper": upper,
+        "s_mu_position": position,
+    }
+    stats.update(collapse_statistics(e, threshold=threshold, normalize=False))
+    stats["batch_size"], stats["dim"] = b, d
+    return stats
+
+
+class SpectrumMonitor(keras.callbacks.Callback):
+    """Logs ``s_mu``, its bounds and collapse statistics of held-out embeddings each epoch.
+
+    The values go into the epoch ``logs`` (keys ``{prefix}s_mu``, ``{prefix}s_mu_lower``,
+    ``{prefix}s_mu_upper``, ``{prefix}s_mu_position``, ``{prefix}collapsed_fraction``,
+    ``{prefix}mean_std``), so ``History`` records them and a ``keras.callbacks.TensorBoard``
+    placed *after* this callback in the ``callbacks`` list writes them.
+
+    Args:
+        x: held-out inputs (array or anything ``model.predict`` takes); evaluated as one
+            embedding matrix, so keep it to the batch size you want ``s_mu`` for (the paper's
+            Fig. 6 uses the whole test split).
+        embedding_model: model producing the embeddings (default: the trained model).
+        normalize: L2-normalize rows before measuring.
+        every: log every ``every`` epochs.
+        prefix: key prefix.
+        threshold: collapse threshold, see :func:`collapse_statistics`.
+        batch_size: ``predict`` batch size.
+    """
+
+    KEYS = ("s_mu", "s_mu_lower", "s_mu_upper", "s_mu_position", "collapsed_fraction", "mean_std")
+
+    def __init__(self, x, embedding_model=None, normalize=True, every=1, prefix="val_",
+                 threshold=0.01, batch_size=256):
+        super().__init__()
+        if int(every) < 1:
+            raise ValueError(f"`every` must be >= 1. Received: every={every!r}")
+        self.x = x
+        self.embedding_model = embedding_model
+        self.normalize = normalize
+        self.every = int(every)
+        self.prefix = prefix
+        self.threshold = threshold
+        self.batch_size = batch_size
+        self.history = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        if (epoch + 1) % self.every:
+            return
+        model = self.embedding_model or self.model
+        emb = model.predict(self.x, batch_size=self.batch_size, verbose=0)
+        stats = spectrum_statistics(emb, normalize=self.normalize, threshold=self.threshold)
+        self.history.append({"epoch": epoch, **stats})
+        if logs is not None:
+            for key in self.KEYS:
+                logs[self.prefix + key] = stats[key]

@@ -1,0 +1,86 @@
+"""Moment primitives: per-dimension standard deviation and VICReg's variance/covariance terms.
+
+VICReg (Bardes, Ponce & LeCun, ICLR 2022), on a batch ``Z`` of shape ``(n, d)``:
+
+* variance ``v(Z) = (1/d) sum_j max(0, gamma - sqrt(Var(z_j) + eps))`` with the unbiased
+  variance (divisor ``n - 1``); official constants ``gamma = 1``, ``eps = 1e-4``;
+* covariance ``C = (Z - mean)^T (Z - mean) / (n - 1)`` and
+  ``c(Z) = (1/d) sum_{i != j} C_ij^2`` (divided by ``d``, not ``d (d - 1)``).
+
+For ``n = 1`` the unbiased variance is undefined; the divisor is clamped to
+``max(n - 1, 1)`` so a batch of one gives variance 0 (the variance term is then ``gamma``,
+its maximum, with a finite gradient) instead of NaN.
+
+Covariance methods (``method=``): ``"covariance"`` forms the ``d x d`` matrix as the
+official code does; ``"gram"`` uses ``||Zc^T Zc||_F = ||Zc Zc^T||_F`` and the ``n x n``
+Gram matrix, with the diagonal ``sum_j C_jj^2`` from the per-dimension variances; both are
+exact.  ``"auto"`` picks ``"gram"`` when ``n < d``.
+"""
+
+from keras import ops
+
+COVARIANCE_METHODS = ("auto", "covariance", "gram")
+
+
+def _n_minus_one(z):
+    n = ops.cast(ops.shape(z)[0], z.dtype)
+    return ops.maximum(n - 1.0, 1.0)
+
+
+def center(z):
+    return z - ops.mean(z, axis=0, keepdims=True)
+
+
+def variance(z):
+    """Unbiased per-dimension variance (divisor ``max(n - 1, 1)``), shape ``(d,)``."""
+    zc = center(z)
+    return ops.sum(ops.square(zc), axis=0) / _n_minus_one(z)
+
+
+def std(z, epsilon=1e-4):
+    """VICReg's ``S(z_j, eps) = sqrt(Var(z_j) + eps)`` per dimension, shape ``(d,)``."""
+    return ops.sqrt(variance(z) + epsilon)
+
+
+def variance_penalty(z, gamma=1.0, epsilon=1e-4):
+    """VICReg variance term ``(1/d) sum_j max(0, gamma - sqrt(Var(z_j) + eps))``."""
+    return ops.mean(ops.relu(gamma - std(z, epsilon)))
+
+
+def resolve_covariance_method(z, method="auto"):
+    if method != "auto":
+        return method
+    n, d = z.shape[0], z.shape[1]
+    if n is not None and d is not None and int(n) < int(d):
+        return "gram"
+    return "covariance"
+
+
+def covariance_penalty(z, method="auto"):
+    """VICReg covariance term ``(1/d) sum_{i != j} C_ij^2``.
+
+    Args:
+        z: ``(n, d)`` float tensor.
+        method: ``"auto"``, ``"covariance"`` (the ``d x d`` matrix) or ``"gram"`` (the
+            ``n x n`` Gram matrix; ``O(n^2 d)`` instead of ``O(n d^2)``).
+    """
+    method = resolve_covariance_method(z, method)
+    zc = center(z)
+    denom = _n_minus_one(z)
+    d = ops.cast(ops.shape(z)[1], z.dtype)
+    if method == "covariance":
+        cov = ops.matmul(ops.transpose(zc), zc) / denom
+        off = cov * (1.0 - ops.eye(ops.shape(cov)[0], dtype=cov.dtype))
+        return ops.sum(ops.square(off)) / d
+    if method == "gram":
+        gram = ops.matmul(zc, ops.transpose(zc)) / denom
+        diag = ops.sum(ops.square(zc), axis=0) / denom
+        return (ops.sum(ops.square(gram)) - ops.sum(ops.square(diag))) / d
+    raise ValueError(
+        f"`method` must be one of {list(COVARIANCE_METHODS)}. Received: method={method!r}"
+    )
+
+
+def invariance_penalty(z_a, z_b):
+    """VICReg invariance term as the official code computes it: MSE over ``n d`` elements."""
+    return ops.mean(ops.square(z_a - z_b))

@@ -1,0 +1,123 @@
+"""Spectral primitives against float64 numpy, every method, values and gradients."""
+
+import numpy as np
+import pytest
+from keras import ops
+
+from _helpers import jit, numeric_grad, ref_normalize, to_np, value_and_grad
+from keras_featreg.ops import spectral
+
+METHODS = ["svd", "gram", "newton_schulz"]
+SHAPES = [(12, 5), (6, 6), (4, 9), (7, 1), (2, 6), (1, 5), (40, 16)]
+
+
+def _healthy(rng, b, d):
+    return ref_normalize(rng.standard_normal((b, d)))
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_nuclear_norm_matches_float64(method, shape, rng):
+    x = rng.standard_normal(shape)
+    ref = np.linalg.svd(x, compute_uv=False).sum()
+    got = float(spectral.nuclear_norm(ops.convert_to_tensor(x, "float32"), method=method))
+    np.testing.assert_allclose(got, ref, rtol=2e-5)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("shape", [(9, 4), (4, 9), (6, 6), (3, 1)])
+def test_nuclear_norm_gradient_matches_finite_differences(method, shape, rng):
+    x = rng.standard_normal(shape)
+    expected = numeric_grad(lambda a: np.linalg.svd(a, compute_uv=False).sum(), x)
+    _, g = value_and_grad(lambda t: spectral.nuclear_norm(t, method=method), x.astype("float32"))
+    np.testing.assert_allclose(g, expected, atol=2e-4)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize(
+    "kind", ["identical_rows", "zeros", "rank_one", "repeated", "huge", "one_row"]
+)
+def test_degenerate_inputs_are_finite_and_accurate(method, kind, rng):
+    b, d = 16, 8
+    if kind == "identical_rows":
+        x = np.tile(rng.standard_normal((1, d)), (b, 1))
+    elif kind == "zeros":
+        x = np.zeros((b, d))
+    elif kind == "rank_one":
+        x = np.outer(rng.standard_normal(b), rng.standard_normal(d))
+    elif kind == "repeated":  # all singular values equal: orthonormal columns * 3
+        q, _ = np.linalg.qr(rng.standard_normal((b, d)))
+        x = 3.0 * q
+    elif kind == "huge":
+        x = 1e4 * rng.standard_normal((b, d))
+    else:
+        x = rng.standard_normal((1, d))
+    ref = np.linalg.svd(x, compute_uv=False).sum()
+    val, g = value_and_grad(lambda t: spectral.nuclear_norm(t, method=method), x.astype("float32"))
+    assert np.isfinite(val) and np.all(np.isfinite(g))
+    np.testing.assert_allclose(val, ref, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_nuclear_norm_under_jit(method, rng):
+    x = rng.standard_normal((20, 12)).astype("float32")
+    ref = np.linalg.svd(x.astype(np.float64), compute_uv=False).sum()
+    got = float(jit(lambda t: spectral.nuclear_norm(t, method=method))(x))
+    np.testing.assert_allclose(got, ref, rtol=2e-5)
+
+
+@pytest.mark.parametrize(
+    "b,d,expected",
+    [(144, 128, (12 / 128, np.sqrt(128) * 12 / 128)), (64, 128, (8 / 128, 64 / 128)), (1, 3, (1 / 3, 1 / 3))],
+)
+def test_singular_value_bounds_paper_eqs(b, d, expected):
+    lo, up = spectral.singular_value_bounds(b, d)
+    # Paper eq. 2: L = sqrt(b)/d; eq. 3: U = sqrt(b d / max(b, d)) * sqrt(b) / d.
+    np.testing.assert_allclose((lo, up), expected, rtol=1e-12)
+    np.testing.assert_allclose(up, np.sqrt(b * d / max(b, d)) * np.sqrt(b) / d, rtol=1e-12)
+
+
+def test_bounds_hold_for_random_unit_rows(rng):
+    for b, d in [(144, 128), (64, 128), (10, 3), (3, 10)]:
+        e = _healthy(rng, b, d)
+        s_mu = np.linalg.svd(e, compute_uv=False).sum() / d
+        lo, up = spectral.singular_value_bounds(b, d)
+        assert lo - 1e-12 <= s_mu <= up + 1e-12
+        tlo, tup = spectral.mean_singular_value_bounds(ops.convert_to_tensor(e, "float32"))
+        np.testing.assert_allclose([float(tlo), float(tup)], [lo, up], rtol=1e-5)
+
+
+def test_bounds_are_attained(rng):
+    # Rank one attains L, orthonormal-ish columns (all s equal) attain U.
+    b, d = 12, 4
+    v = ref_normalize(rng.standard_normal((1, d)))
+    e = np.tile(v, (b, 1))
+    lo, up = spectral.singular_value_bounds(b, d)
+    np.testing.assert_allclose(np.linalg.svd(e, compute_uv=False).sum() / d, lo, rtol=1e-12)
+    e = np.tile(np.eye(d), (b // d, 1))
+    np.testing.assert_allclose(np.linalg.svd(e, compute_uv=False).sum() / d, up, rtol=1e-12)
+
+
+def test_bad_bounds_arguments():
+    with pytest.raises(ValueError, match="batch_size"):
+        spectral.singular_value_bounds(0, 4)
+
+
+def test_unknown_method_is_a_clear_error():
+    with pytest.raises(ValueError, match="method"):
+        spectral.nuclear_norm(ops.ones((3, 2)), method="qr")
+
+
+def test_l2_normalize_rows_zero_row_finite_gradient():
+    x = np.array([[0.0, 0.0], [3.0, 4.0]], "float32")
+    val, g = value_and_grad(lambda t: ops.sum(spectral.l2_normalize_rows(t)), x)
+    np.testing.assert_allclose(to_np(spectral.l2_normalize_rows(x))[1], [0.6, 0.8], rtol=1e-6)
+    assert np.all(np.isfinite(g))
+
+
+def test_reduce_features():
+    x = np.arange(2 * 3 * 4 * 5, dtype="float32").reshape(2, 3, 4, 5)
+    flat = to_np(spectral.reduce_features(x, "flatten"))
+    np.testing.assert_array_equal(flat, x.reshape(2, -1))
+    avg = to_np(spectral.reduce_features(x, "average"))
+    np.testing.assert_allclose(avg, x.mean(axis=(1, 2)), rtol=1e-6)
