@@ -175,8 +175,8 @@ def masked_logsumexp(x, mask, axis=-1, include_zero=False):
     terms = ops.where(mask, ops.exp(ops.where(mask, x - shift, ops.zeros_like(x))), 0.0)
     total = ops.sum(terms, axis=axis, keepdims=True)
     if include_zero:
-        total = total + ops.exp(-shift)
-        return ops.squeeze(ops.log(total) + shift, axis=axis)
+        # log(exp(-shift) + total) + shift, accurate when the sum is tiny next to 1.
+        return ops.squeeze(ops.log1p(ops.expm1(-shift) + total) + shift, axis=axis)
     nonempty = total > 0
     total = ops.where(nonempty, total, ops.ones_like(total))
     out = ops.where(nonempty, ops.log(total) + shift, ops.zeros_like(total))
