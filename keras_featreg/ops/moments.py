@@ -75,7 +75,10 @@ def covariance_penalty(z, method="auto"):
     if method == "gram":
         gram = ops.matmul(zc, ops.transpose(zc)) / denom
         diag = ops.sum(ops.square(zc), axis=0) / denom
-        return (ops.sum(ops.square(gram)) - ops.sum(ops.square(diag))) / d
+        if z.shape[1] is not None and int(z.shape[1]) == 1:
+            return ops.zeros((), dtype=z.dtype)  # no off-diagonal entry
+        # ||C||_F^2 - sum_j C_jj^2: a difference of sums, clamped against rounding below 0.
+        return ops.relu(ops.sum(ops.square(gram)) - ops.sum(ops.square(diag))) / d
     raise ValueError(
         f"`method` must be one of {list(COVARIANCE_METHODS)}. Received: method={method!r}"
     )
