@@ -38,16 +38,22 @@ class FeatureRegularizer(keras.regularizers.Regularizer):
         feature_reduction: how activations of rank > 2 become ``(b, d)``: ``"flatten"``
             (default; every activation is a feature) or ``"average"`` (global average over
             every axis but the batch and the last one: channels-last conv maps, sequences).
+        cross_replica: under a ``tf.distribute`` strategy, compute the statistic on the
+            global batch (all replicas' rows, all-gathered) instead of each replica's slice;
+            gradients reach every replica's own rows.  A no-op on one device and on JAX
+            (``keras.distribution.DataParallel`` already sees the global batch).
     """
 
-    def __init__(self, feature_reduction="flatten"):
+    def __init__(self, feature_reduction="flatten", cross_replica=False):
         self.feature_reduction = _utils.check_choice(
             "feature_reduction", feature_reduction, spectral.FEATURE_REDUCTIONS
         )
+        self.cross_replica = bool(cross_replica)
 
     def _prepare(self, x):
         x = _utils.as_float_tensor(x, name="x", min_rank=2)
-        return spectral.reduce_features(x, self.feature_reduction)
+        x = spectral.reduce_features(x, self.feature_reduction)
+        return _backend.gather_replicas(x) if self.cross_replica else x
 
     def penalty(self, x):
         """The value of the regularizer's formula on a batch of activations ``x``."""
@@ -63,7 +69,7 @@ class FeatureRegularizer(keras.regularizers.Regularizer):
         return value
 
     def get_config(self):
-        return {"feature_reduction": self.feature_reduction}
+        return {"feature_reduction": self.feature_reduction, "cross_replica": self.cross_replica}
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -94,6 +100,8 @@ class SVMax(FeatureRegularizer):
             matrices and the Gram path for large ones).
         feature_reduction: ``"flatten"`` or ``"average"`` for activations of rank > 2.
         fast_iterations, refine_iterations: Newton-Schulz steps.
+        cross_replica: statistics over the global batch under ``tf.distribute`` (see
+            :class:`FeatureRegularizer`).
 
     Example:
 
@@ -111,10 +119,11 @@ class SVMax(FeatureRegularizer):
         normalize=True,
         method="auto",
         feature_reduction="flatten",
-        fast_iterations=8,
-        refine_iterations=5,
+        fast_iterations=5,
+        refine_iterations=4,
+        cross_replica=False,
     ):
-        super().__init__(feature_reduction)
+        super().__init__(feature_reduction, cross_replica)
         self.factor = _utils.check_number("factor", factor, minimum=0.0)
         self.bounded = bool(bounded)
         self.normalize = bool(normalize)
@@ -188,6 +197,8 @@ class VICReg(FeatureRegularizer):
         epsilon: added to the variance under the square root (> 0; official 1e-4).
         covariance_method: ``"auto"``, ``"covariance"`` (d x d) or ``"gram"`` (n x n).
         feature_reduction: ``"flatten"`` or ``"average"`` for activations of rank > 2.
+        cross_replica: statistics over the global batch under ``tf.distribute`` (the
+            official code's ``FullGatherLayer``; see :class:`FeatureRegularizer`).
 
     Example:
 
@@ -204,8 +215,9 @@ class VICReg(FeatureRegularizer):
         epsilon=1e-4,
         covariance_method="auto",
         feature_reduction="flatten",
+        cross_replica=False,
     ):
-        super().__init__(feature_reduction)
+        super().__init__(feature_reduction, cross_replica)
         self.variance_factor = _utils.check_number("variance_factor", variance_factor, minimum=0.0)
         self.covariance_factor = _utils.check_number(
             "covariance_factor", covariance_factor, minimum=0.0
@@ -265,6 +277,8 @@ class SpreadOut(FeatureRegularizer):
         factor: the weight alpha (>= 0; 1 in the SVMax paper's baseline).
         normalize: L2-normalize rows first (the formulation assumes unit vectors).
         feature_reduction: ``"flatten"`` or ``"average"`` for activations of rank > 2.
+        cross_replica: statistics over the global batch under ``tf.distribute`` (see
+            :class:`FeatureRegularizer`).
 
     Example:
 
@@ -273,8 +287,9 @@ class SpreadOut(FeatureRegularizer):
     >>> layer = keras.layers.Dense(128, activity_regularizer=SpreadOut(1.0))
     """
 
-    def __init__(self, factor=1.0, normalize=True, feature_reduction="flatten"):
-        super().__init__(feature_reduction)
+    def __init__(self, factor=1.0, normalize=True, feature_reduction="flatten",
+                 cross_replica=False):
+        super().__init__(feature_reduction, cross_replica)
         self.factor = _utils.check_number("factor", factor, minimum=0.0)
         self.normalize = bool(normalize)
 

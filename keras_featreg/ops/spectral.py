@@ -38,11 +38,11 @@ Nuclear-norm methods (``method=``):
     per step) then ``refine_iterations`` steps of the cubic Newton-Schulz map
     ``1.5x - 0.5x^3`` that converges to exactly 1.  Value ``<E, P>``, gradient ``P``.
     The value under-estimates singular values smaller than about ``s_1 / 3.44^fast /
-    1.5^refine`` (2e-6 s_1 with the defaults); see ``benchmarks/bench_spectral.py`` for
+    1.5^refine`` (about 2e-4 s_1 with the defaults 5 + 4); see ``benchmarks/bench_spectral.py`` for
     the accuracy on healthy, half-collapsed and rank-one embeddings.
 ``"auto"``
     ``"newton_schulz"`` while tracing a TensorFlow XLA function, otherwise ``"svd"`` when
-    ``b d k <= 2**22`` (small: the exact SVD costs about as much as a matmul there) and
+    ``b d k <= 2**18`` (about 64 x 64: tiny, the exact SVD is as cheap as anything) and
     ``"gram"`` above.
 """
 
@@ -57,7 +57,7 @@ FEATURE_REDUCTIONS = ("flatten", "average")
 
 # Quintic coefficients of Jordan et al. (2024), "Muon: an optimizer for hidden layers".
 _FAST_COEFFS = (3.4445, -4.7750, 2.0315)
-_AUTO_SVD_MAX_WORK = 2**22
+_AUTO_SVD_MAX_WORK = 2**18
 
 
 def l2_normalize_rows(x, epsilon=1e-12):
@@ -140,7 +140,7 @@ def _polar_gram_side(x, wide):
     return ops.matmul(m, x) if wide else ops.matmul(x, m)
 
 
-def polar_newton_schulz(x, fast_iterations=8, refine_iterations=5):
+def polar_newton_schulz(x, fast_iterations=5, refine_iterations=4):
     """Polar factor ``U V^T`` of ``x`` by matmul-only Newton-Schulz iterations.
 
     Args:
@@ -186,7 +186,7 @@ def resolve_method(x, method="auto"):
     return "svd" if b * d * min(b, d) <= _AUTO_SVD_MAX_WORK else "gram"
 
 
-def nuclear_norm(x, method="auto", fast_iterations=8, refine_iterations=5):
+def nuclear_norm(x, method="auto", fast_iterations=5, refine_iterations=4):
     """Nuclear norm ``||E||_* = sum_i s_i`` of a ``(b, d)`` matrix, with its gradient ``U V^T``.
 
     Args:

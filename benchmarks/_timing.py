@@ -1,0 +1,33 @@
+"""Shared timing helpers for the benchmarks (TensorFlow backend)."""
+
+import os
+import statistics
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+
+def time_call(fn, repeats=7, warmup=2, budget_s=20.0):
+    """Median wall time (seconds) of ``fn()`` after ``warmup`` calls; fewer repeats if slow."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    start = time.perf_counter()
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+        if time.perf_counter() - start > budget_s and len(times) >= 1:
+            break
+    return statistics.median(times)
+
+
+def table(rows, headers):
+    widths = [max(len(str(h)), *(len(str(r[i])) for r in rows)) for i, h in enumerate(headers)]
+    line = "| " + " | ".join(str(h).ljust(w) for h, w in zip(headers, widths)) + " |"
+    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    out = [line, sep]
+    for r in rows:
+        out.append("| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths)) + " |")
+    return "\n".join(out)

@@ -1,0 +1,99 @@
+"""Training-step overhead of SVMax and VICReg on a small conv embedding net (issue 6, (b)).
+
+The net maps 28x28x1 images to d = 128 (b = 144, the paper's batch), trained with SGD on an
+MSE target so that only the regularizer differs between configurations.  Each configuration
+is a separately compiled model; their steps are timed in interleaved rounds (A B C A B C ...)
+so machine drift hits all of them alike, and the overhead is the ratio of median step times
+against the unregularized model measured in the same run.
+
+Run:  python benchmarks/bench_train_step.py                 (both jit_compile settings)
+      python benchmarks/bench_train_step.py --jit-compile true --rounds 20
+Exits non-zero if SVMax (method="auto") costs more than 5 % (the issue-6 target).
+"""
+
+import argparse
+import statistics
+import sys
+import time
+
+import _timing  # noqa: F401  (sets the backend)
+import keras
+import numpy as np
+
+from keras_featreg.regularizers import SVMax, VICReg
+
+
+def conv_net(regularizer, dim=128):
+    inputs = keras.Input((28, 28, 1))
+    h = keras.layers.Conv2D(32, 3, strides=2, activation="relu")(inputs)
+    h = keras.layers.Conv2D(64, 3, strides=2, activation="relu")(h)
+    h = keras.layers.GlobalAveragePooling2D()(h)
+    out = keras.layers.Dense(dim, activity_regularizer=regularizer)(h)
+    return keras.Model(inputs, out)
+
+
+CONFIGS = {
+    "none": lambda: None,
+    "SVMax auto": lambda: SVMax(1.0),
+    "SVMax naive svd": lambda: SVMax(1.0, method="svd"),
+    "VICReg auto": lambda: VICReg(),
+}
+
+
+def run(jit_compile, rounds, steps_per_round, batch, skip_naive_xla):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((batch, 28, 28, 1)).astype("float32")
+    y = rng.standard_normal((batch, 128)).astype("float32")
+    models = {}
+    for name, make in CONFIGS.items():
+        if jit_compile and name == "SVMax naive svd" and skip_naive_xla:
+            continue
+        keras.utils.set_random_seed(0)
+        model = conv_net(make())
+        model.compile(optimizer=keras.optimizers.SGD(1e-3), loss="mse", jit_compile=jit_compile)
+        for _ in range(3):  # compile + warm up
+            model.train_on_batch(x, y)
+        models[name] = model
+    times = {name: [] for name in models}
+    for _ in range(rounds):
+        for name, model in models.items():
+            t0 = time.perf_counter()
+            for _ in range(steps_per_round):
+                model.train_on_batch(x, y)
+            times[name].append((time.perf_counter() - t0) / steps_per_round)
+    base = statistics.median(times["none"])
+    rows = []
+    for name, ts in times.items():
+        med = statistics.median(ts)
+        rows.append((name, str(jit_compile), f"{1e3 * med:.1f}", f"{100 * (med / base - 1):+.1f} %"))
+    return rows, {name: statistics.median(ts) / base - 1 for name, ts in times.items()}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--jit-compile", choices=["both", "true", "false"], default="both")
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--steps-per-round", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=144)
+    parser.add_argument("--with-naive-xla", action="store_true",
+                        help="also time the naive SVD under XLA (about 1 s a step on 2 cores)")
+    args = parser.parse_args(argv)
+    settings = {"both": [False, True], "true": [True], "false": [False]}[args.jit_compile]
+    rows, failures = [], []
+    for jit in settings:
+        print(f"timing jit_compile={jit} ...", file=sys.stderr, flush=True)
+        r, overhead = run(jit, args.rounds, args.steps_per_round, args.batch, not args.with_naive_xla)
+        rows += r
+        if overhead["SVMax auto"] > 0.05:
+            failures.append(f"SVMax auto overhead {100 * overhead['SVMax auto']:.1f} % > 5 % (jit={jit})")
+    print(f"conv net 28x28x1 -> 128, batch {args.batch}, median step over {args.rounds} interleaved rounds")
+    print(_timing.table(rows, ["regularizer", "jit_compile", "step ms", "overhead vs none"]))
+    if failures:
+        print("\nTARGET MISSED:\n  " + "\n  ".join(failures))
+        return 1
+    print("\nSVMax overhead target (<= 5 %) holds")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
