@@ -121,3 +121,26 @@ def test_reduce_features():
     np.testing.assert_array_equal(flat, x.reshape(2, -1))
     avg = to_np(spectral.reduce_features(x, "average"))
     np.testing.assert_allclose(avg, x.mean(axis=(1, 2)), rtol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(64, 8), (8, 64), (30, 10)])
+@pytest.mark.parametrize("kind", ["healthy", "half", "rank_one", "zeros"])
+def test_gram_form_newton_schulz(shape, kind, rng):
+    b, d = shape
+    k = min(b, d)
+    if kind == "healthy":
+        x = rng.standard_normal(shape)
+    elif kind == "half":
+        x = rng.standard_normal((b, k // 2)) @ rng.standard_normal((k // 2, d))
+    elif kind == "rank_one":
+        x = np.outer(rng.standard_normal(b), rng.standard_normal(d))
+    else:
+        x = np.zeros(shape)
+    assert spectral._rectangular(ops.convert_to_tensor(x, "float32"))
+    ref = np.linalg.svd(x, compute_uv=False).sum()
+    val, g = value_and_grad(lambda t: spectral.nuclear_norm(t, "newton_schulz"), x.astype("float32"))
+    assert np.isfinite(val) and np.all(np.isfinite(g))
+    np.testing.assert_allclose(val, ref, rtol=1e-3, atol=1e-6)
+    if kind == "healthy":  # full rank: the gradient is U V^T
+        u, _, vt = np.linalg.svd(x, full_matrices=False)
+        np.testing.assert_allclose(g, u @ vt, atol=2e-3)

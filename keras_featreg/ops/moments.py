@@ -70,7 +70,8 @@ def covariance_penalty(z, method="auto"):
     d = ops.cast(ops.shape(z)[1], z.dtype)
     if method == "covariance":
         cov = ops.matmul(ops.transpose(zc), zc) / denom
-        off = cov * (1.0 - ops.eye(ops.shape(cov)[0], dtype=cov.dtype))
+        dim = cov.shape[0] if cov.shape[0] is not None else ops.shape(cov)[0]
+        off = cov * (1.0 - ops.eye(dim, dtype=cov.dtype))
         return ops.sum(ops.square(off)) / d
     if method == "gram":
         gram = ops.matmul(zc, ops.transpose(zc)) / denom
