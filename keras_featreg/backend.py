@@ -9,10 +9,13 @@ Everything that differs between Keras backends lives here, small and isolated:
   even under ``jit``, so it never needs the switch.
 * :func:`keras_divides_activity_regularizers`: Keras >= 3.14 divides whatever an
   ``activity_regularizer`` returns by the batch size; earlier Keras 3 releases do not.
-* Cross-replica gathering for distributed training (see :mod:`keras_featreg.distribute`).
+* Distributed training: :func:`gather_replicas`, :func:`num_replicas_in_sync`,
+  :func:`scale_loss_for_replicas` and :func:`make_losses_replica_local` (``tf.distribute``
+  replica contexts; no-ops elsewhere, see "Distributed training" below).
 """
 
 import functools
+import threading
 
 import keras
 
@@ -52,3 +55,159 @@ def keras_divides_activity_regularizers():
     loss, batch_size)``); Keras 3.0-3.13 add the value unchanged.
     """
     return _parse_version(keras.version()) >= (3, 14, 0)
+
+
+# ---- Distributed training ------------------------------------------------------------
+#
+# TensorFlow (``tf.distribute``: MirroredStrategy, MultiWorkerMirroredStrategy, TPUStrategy):
+# inside ``strategy.run`` each replica traces the step on its own slice of the global batch.
+# ``gather_replicas`` all-gathers the slices (replica order) so that a batch statistic is
+# computed on the global batch.  TensorFlow's all-gather gradient sums the upstream gradients
+# of all replicas, then hands each replica the rows of its own slice; Keras divides every
+# replica's loss by the number of replicas (``scale_loss_for_distribution``) and sums the
+# replicas' weight gradients, so a gathered penalty ``P`` added to the loss gives replica
+# ``r`` the gradient ``dP/dX_r`` and the weights ``dP/dw``: the single-device step.
+#
+# JAX (``keras.distribution.DataParallel``): the train step is one ``jit`` over the global,
+# batch-sharded array; a batch statistic is already global (XLA inserts the collectives),
+# so every function here is a no-op.  The same holds on one device of any backend.
+
+
+def _replica_context():
+    """The ``tf.distribute`` replica context when this code runs as one of several replicas."""
+    if backend_name() != "tensorflow":
+        return None
+    import tensorflow as tf
+
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync <= 1:
+        return None  # cross-replica context, default strategy, or a single replica
+    return context
+
+
+def num_replicas_in_sync():
+    """Number of replicas the current step is split over (1 outside ``strategy.run``)."""
+    context = _replica_context()
+    return 1 if context is None else int(context.num_replicas_in_sync)
+
+
+def scale_loss_for_replicas(value):
+    """``value / num_replicas_in_sync()``: Keras's per-replica loss convention.
+
+    Keras scales each replica's compiled loss and ``add_loss`` values this way (the replicas'
+    gradients are then summed).  A :class:`keras.losses.Loss` subclass that returns a scalar
+    from ``__call__`` must do it itself.
+    """
+    replicas = num_replicas_in_sync()
+    return value if replicas == 1 else value * (1.0 / replicas)
+
+
+def gather_replicas(x):
+    """Concatenates the replicas' ``x`` (or list of tensors) along axis 0, in replica order.
+
+    Returns ``x`` unchanged outside a multi-replica ``tf.distribute`` replica context (one
+    device, the JAX backend).  Gradients: each replica receives the sum over replicas of the
+    upstream gradient, restricted to its own rows (see the section comment above).
+    """
+    context = _replica_context()
+    if context is None:
+        return x
+    _protect_current_call_losses()
+    if isinstance(x, (list, tuple)):
+        return type(x)(context.all_gather(list(x), axis=0))
+    return context.all_gather(x, axis=0)
+
+
+# ---- The add_loss trap ------------------------------------------------------------------
+#
+# MirroredStrategy runs the replicas of a step as Python threads (``mirrored_run``), one at
+# a time, switching at every ``merge_call``, and an all-gather is a merge_call.  Keras 3
+# keeps ``add_loss`` values (activity regularizers included) in ``Layer._losses``, a plain
+# list attribute of the layer object that all replica threads share; each top-level call
+# clears it (``Layer._get_call_context -> _clear_losses``) and ``compute_loss`` reads it
+# (``Layer.losses``).  With a collective inside a layer call the order becomes:
+# replica 0 clears, pauses at the gather; replica 1 clears, pauses; replica 0 appends p0 and
+# reads [p0]; replica 1 appends p1 and reads [p0, p1].  With 2 replicas the loss becomes
+# ``MSE + 1.5 P``.  The fix: before the first collective, every layer of the call being
+# traced gets a ``_losses`` that keeps one list per replica.
+
+
+def _replica_key():
+    context = _replica_context()
+    if context is None:
+        return None
+    import tensorflow as tf
+
+    replica_id = tf.get_static_value(context.replica_id_in_sync_group)
+    return None if replica_id is None else int(replica_id)
+
+
+class ReplicaLocalLosses:
+    """Drop-in for ``Layer._losses`` with one list per replica (by replica id in sync)."""
+
+    def __init__(self, initial=()):
+        self._lists = {}
+        self._own().extend(initial)
+
+    def _own(self):
+        return self._lists.setdefault(_replica_key(), [])
+
+    def extend(self, values):
+        self._own().extend(values)
+
+    def append(self, value):
+        self._own().append(value)
+
+    def clear(self):
+        self._own().clear()
+
+    def __getitem__(self, index):
+        return self._own()[index]
+
+    def __iter__(self):
+        return iter(list(self._own()))
+
+    def __len__(self):
+        return len(self._own())
+
+    def __repr__(self):
+        return f"ReplicaLocalLosses({self._own()!r})"
+
+    def __reduce__(self):  # transient state: copies start empty
+        return (ReplicaLocalLosses, ())
+
+
+def make_losses_replica_local(layer):
+    """Gives ``layer`` and all its sublayers replica-local ``add_loss`` storage.
+
+    Called automatically before the first cross-replica gather of a layer call.  Call it
+    yourself (once, on the model) when a collective runs *outside* the model call while the
+    model has ``add_loss``/activity-regularizer losses, e.g. ``compile(loss=VICRegLoss(
+    cross_replica=True))`` with regularized layers that do not gather.
+    """
+    for sublayer in layer._flatten_layers(include_self=True, recursive=True):
+        current = sublayer.__dict__.get("_losses")
+        if current is not None and not isinstance(current, ReplicaLocalLosses):
+            # object.__setattr__: Keras's tracker would wrap a list-like into a TrackedList.
+            object.__setattr__(sublayer, "_losses", ReplicaLocalLosses(list(current)))
+    return layer
+
+
+_install_lock = threading.Lock()
+
+
+def _protect_current_call_losses():
+    import tensorflow as tf
+
+    if len(getattr(tf.distribute.get_strategy().extended, "worker_devices", ())) < 2:
+        return  # one local replica: no replica threads, nothing shared
+    try:
+        from keras.src.backend.common import global_state
+
+        call_context = global_state.get_global_attribute("current_call_ctx")
+    except ImportError:  # pragma: no cover - Keras internals moved
+        call_context = None
+    entry_layer = getattr(call_context, "entry_layer", None)
+    if entry_layer is not None:
+        with _install_lock:
+            make_losses_replica_local(entry_layer)

@@ -124,7 +124,11 @@ def _check_chunk_size(chunk_size):
 
 def _num_threads(num_threads):
     if num_threads is None:
-        return max(1, min(os.cpu_count() or 1, 8))
+        try:
+            cpus = len(os.sched_getaffinity(0))
+        except AttributeError:  # not on Linux
+            cpus = os.cpu_count() or 1
+        return max(1, min(cpus, 8))
     return _check_positive_int("num_threads", num_threads)
 
 
@@ -177,14 +181,6 @@ class _Prepared:
         return out
 
 
-def _block_pairs(start, stop, size):
-    """Upper-triangular (I <= J) pairs of slices tiling ``[start, stop)²``."""
-    edges = list(range(start, stop, size))
-    for i, a in enumerate(edges):
-        for b in edges[i:]:
-            yield slice(a, min(a + size, stop)), slice(b, min(b + size, stop))
-
-
 def _segments(prep, size):
     """Contiguous ranges holding whole classes: one big class, or small ones packed."""
     segments, seg_start, seg_stop = [], None, None
@@ -216,51 +212,102 @@ def _run_blocks(work, pairs, num_threads):
 # --------------------------------------------------------------------------- #
 # Recall@K
 # --------------------------------------------------------------------------- #
-def _positive_thresholds(prep, chunk_size, num_threads):
-    """Distance from every (sorted) sample to its nearest other same-label sample."""
+def _tiles(prep, size):
+    """Segments cut into tiles of at most `size` rows: one list of slices per segment.
+
+    A segment is either several whole small classes (one tile) or one class larger
+    than `size` (several tiles). All same-label pairs lie inside a segment.
+    """
+    return [
+        [slice(a, min(a + size, stop)) for a in range(start, stop, size)]
+        for start, stop in _segments(prep, size)
+    ]
+
+
+def _count_at_most(d, limits, axis):
+    """Per row (axis=1) or column (axis=0) of `d`: entries <= its limit.
+
+    A min-reduction first finds the few rows/columns that have any such entry (with
+    useful embeddings most have none), and only those are compared element-wise.
+    """
+    counts = np.zeros(d.shape[1 - axis], dtype=np.int64)
+    active = np.flatnonzero(d.min(axis=axis) <= limits)
+    if active.size == 0:
+        return counts
+    if active.size * 4 > counts.size:  # many active: one full pass is cheaper
+        shape = (-1, 1) if axis == 1 else (1, -1)
+        mask = d <= limits.reshape(shape)
+        return mask.view(np.uint8).sum(axis=axis, dtype=np.int64)
+    if axis == 1:
+        sub = d[active] <= limits[active, None]
+    else:
+        sub = d[:, active] <= limits[None, active]
+    counts[active] = sub.view(np.uint8).sum(axis=axis, dtype=np.int64)
+    return counts
+
+
+def _within_segments(prep, tiles, num_threads):
+    """Stage 1: nearest same-label distance of every sample, plus, for segments
+    packing several classes, the different-label counts inside the segment.
+
+    Returns (thresholds, counts) over the label-sorted samples.
+    """
     thresholds = np.full(prep.n, np.inf, dtype=prep.dtype)
-    codes = prep.codes
-
-    def work(pair):
-        rows, cols = pair
-        d = prep.block(rows, cols)
-        if codes[rows.start] != codes[cols.stop - 1]:  # more than one class: mask
-            d[codes[rows][:, None] != codes[cols][None, :]] = np.inf
-        if rows == cols:
-            np.fill_diagonal(d, np.inf)
-        return rows, cols, d.min(axis=1), (None if rows == cols else d.min(axis=0))
-
-    pairs = (p for s, e in _segments(prep, chunk_size) for p in _block_pairs(s, e, chunk_size))
-    for rows, cols, row_min, col_min in _run_blocks(work, pairs, num_threads):
-        np.minimum(thresholds[rows], row_min, out=thresholds[rows])
-        if col_min is not None:
-            np.minimum(thresholds[cols], col_min, out=thresholds[cols])
-    return thresholds
-
-
-def _negatives_within(prep, thresholds, chunk_size, num_threads):
-    """Per sample: number of different-label samples at distance <= its threshold."""
     counts = np.zeros(prep.n, dtype=np.int64)
     codes = prep.codes
 
     def work(pair):
         rows, cols = pair
         d = prep.block(rows, cols)
-        if codes[rows.stop - 1] >= codes[cols.start]:  # label ranges overlap
-            d[codes[rows][:, None] == codes[cols][None, :]] = np.inf
-        mask = d <= thresholds[rows][:, None]
-        row_counts = mask.view(np.uint8).sum(axis=1, dtype=np.int64)
-        col_counts = None
-        if rows != cols:
-            np.less_equal(d, thresholds[cols][None, :], out=mask)
-            col_counts = mask.view(np.uint8).sum(axis=0, dtype=np.int64)
-        return rows, cols, row_counts, col_counts
+        if rows == cols:
+            np.fill_diagonal(d, np.inf)
+        if codes[rows.start] == codes[cols.stop - 1]:  # one class: all positives
+            col_min = None if rows == cols else d.min(axis=0)
+            return rows, cols, d.min(axis=1), col_min, None
+        # Several classes packed in one tile (rows == cols): it holds every positive
+        # of its rows, so their thresholds are final here and negatives can be counted.
+        same = codes[rows][:, None] == codes[cols][None, :]
+        row_min = np.where(same, d, np.inf).min(axis=1)
+        d[same] = np.inf
+        return rows, cols, row_min, None, _count_at_most(d, row_min, axis=1)
 
-    pairs = _block_pairs(0, prep.n, chunk_size)
+    pairs = (
+        (tiles_s[i], tiles_s[j])
+        for tiles_s in tiles
+        for i in range(len(tiles_s))
+        for j in range(i, len(tiles_s))
+    )
+    for rows, cols, row_min, col_min, row_counts in _run_blocks(work, pairs, num_threads):
+        np.minimum(thresholds[rows], row_min, out=thresholds[rows])
+        if col_min is not None:
+            np.minimum(thresholds[cols], col_min, out=thresholds[cols])
+        if row_counts is not None:
+            counts[rows] += row_counts
+    return thresholds, counts
+
+
+def _across_segments(prep, tiles, thresholds, num_threads):
+    """Stage 2: per sample, different-label samples of other segments within its
+    threshold. Tiles of different segments share no label, so nothing is masked;
+    each unordered tile pair is computed once and counted for rows and columns."""
+    counts = np.zeros(prep.n, dtype=np.int64)
+    flat = [(k, t) for k, tiles_s in enumerate(tiles) for t in tiles_s]
+
+    def work(pair):
+        rows, cols = pair
+        d = prep.block(rows, cols)
+        return (rows, cols, _count_at_most(d, thresholds[rows], axis=1),
+                _count_at_most(d, thresholds[cols], axis=0))
+
+    pairs = (
+        (rows, cols)
+        for i, (seg_i, rows) in enumerate(flat)
+        for seg_j, cols in flat[i + 1:]
+        if seg_i != seg_j
+    )
     for rows, cols, row_counts, col_counts in _run_blocks(work, pairs, num_threads):
         counts[rows] += row_counts
-        if col_counts is not None:
-            counts[cols] += col_counts
+        counts[cols] += col_counts
     return counts
 
 
@@ -280,10 +327,11 @@ def recall_at_k(
     Instead of sorting neighbours, the computation finds for each query the distance
     ``t`` to its nearest same-label sample and counts the different-label samples at
     distance ``<= t``; the query hits at K exactly when that count is below K
-    (pessimistic ties). Distances are computed block by block (``chunk_size`` ×
-    ``chunk_size``, upper triangle only since the matrix is symmetric), in
-    `num_threads` threads with single-threaded BLAS each. Memory: O(n·d +
-    num_threads · chunk_size²); 60 000 × 128 embeddings need well under 1 GiB.
+    (pessimistic ties). Samples are sorted by label and cut into tiles of at most
+    `chunk_size` (small classes packed whole into one tile); the distances of each
+    unordered tile pair are computed once with a BLAS product (the matrix is
+    symmetric), in `num_threads` threads with single-threaded BLAS each. Memory:
+    O(n·d + num_threads · chunk_size²), ~120 MiB for 60 000 × 128.
 
     Args:
         embeddings: array-like (n, d) of floats (NumPy array or any backend tensor).
@@ -308,8 +356,9 @@ def recall_at_k(
     num_threads = _num_threads(num_threads)
     prep = _Prepared(embeddings, labels, metric)
     ks = _check_ks(ks, prep.n)
-    thresholds = _positive_thresholds(prep, chunk_size, num_threads)
-    negatives = _negatives_within(prep, thresholds, chunk_size, num_threads)
+    tiles = _tiles(prep, chunk_size)
+    thresholds, negatives = _within_segments(prep, tiles, num_threads)
+    negatives += _across_segments(prep, tiles, thresholds, num_threads)
     has_positive = np.isfinite(thresholds)
     return {k: float(np.mean((negatives < k) & has_positive)) for k in ks}
 
@@ -324,16 +373,19 @@ def _candidate_negatives(negatives, limits, max_keep):
     """
     mask = negatives <= limits[:, None]
     per_row = mask.sum(axis=1)
-    width = int(min(per_row.max(initial=0), max_keep))
-    if width == 0:
+    most = int(per_row.max(initial=0))
+    if most == 0:
         return np.empty((negatives.shape[0], 0), negatives.dtype)
-    if per_row.max() > max_keep:  # bad embeddings: keep only the smallest ones
-        kept = np.where(mask, negatives, np.inf)
-        return np.partition(kept, width - 1, axis=1)[:, :width]
+    if most * 8 > negatives.shape[1]:
+        # Poor embeddings: most of the row qualifies. The `max_keep` smallest
+        # negatives are enough (any larger one ranks after all R positives).
+        return np.partition(negatives, max_keep - 1, axis=1)[:, :max_keep]
     rows, cols = np.nonzero(mask)
     starts = np.cumsum(per_row) - per_row
-    out = np.full((negatives.shape[0], width), np.inf, negatives.dtype)
+    out = np.full((negatives.shape[0], most), np.inf, negatives.dtype)
     out[rows, np.arange(rows.size) - starts[rows]] = negatives[rows, cols]
+    if most > max_keep:
+        out = np.partition(out, max_keep - 1, axis=1)[:, :max_keep]
     return out
 
 
@@ -360,14 +412,16 @@ def _map_rows(prep, rows_start, rows_stop):
         r = count - 1
         if r == 0:
             continue
-        local = np.flatnonzero(codes[rows_start:rows_stop] == code)
-        block = d[local]
+        # Rows are sorted by label: this class's queries are contiguous.
+        lo = max(start, rows_start) - rows_start
+        hi = min(start + count, rows_stop) - rows_start
+        block = d[lo:hi]
         positives = block[:, start:start + count].copy()
-        positives[np.arange(local.size), local + rows_start - start] = np.inf  # self
-        positives = np.sort(positives, axis=1)[:, :r]
+        positives[np.arange(hi - lo), np.arange(lo, hi) + rows_start - start] = np.inf
+        positives = np.sort(positives, axis=1)[:, :r]  # self (inf) sorted last, dropped
         block[:, start:start + count] = np.inf  # keep negatives only
         candidates = _candidate_negatives(block, positives[:, -1], r)
-        ap[local] = _average_precision_at_r(positives, candidates)
+        ap[lo:hi] = _average_precision_at_r(positives, candidates)
     return ap
 
 
@@ -585,6 +639,10 @@ def embed(model, data, batch_size=256, verbose=1):
 # --------------------------------------------------------------------------- #
 # All metrics at once, and the callback
 # --------------------------------------------------------------------------- #
+_nmi_score = nmi  # the arguments of evaluate_retrieval shadow these names
+_map_at_r_score = map_at_r
+
+
 def evaluate_retrieval(
     embeddings,
     labels,
@@ -621,9 +679,9 @@ def evaluate_retrieval(
     recalls = recall_at_k(embeddings, labels, ks=ks, chunk_size=chunk_size, metric=metric)
     results = {f"{prefix}recall@{k}": v for k, v in recalls.items()}
     if nmi:
-        results[f"{prefix}nmi"] = globals()["nmi"](embeddings, labels, seed=seed)
+        results[f"{prefix}nmi"] = _nmi_score(embeddings, labels, seed=seed)
     if map_at_r:
-        results[f"{prefix}map@r"] = globals()["map_at_r"](
+        results[f"{prefix}map@r"] = _map_at_r_score(
             embeddings, labels, chunk_size=chunk_size, metric=metric
         )
     return results
@@ -691,6 +749,11 @@ class RetrievalEvaluation(keras.callbacks.Callback):
         self.batch_size = _check_positive_int("batch_size", batch_size)
         if y is None:
             self.data = x
+        elif _is_tf_dataset(x) or not hasattr(keras.tree.flatten(x)[0], "__len__"):
+            raise ValueError(
+                "`y` must be None when `x` is a dataset or an iterable yielding (x, y) "
+                f"batches. Received x of type {type(x).__name__} and y."
+            )
         else:
             n = len(keras.tree.flatten(x)[0])
             y = _check_labels(y, n, name="y")

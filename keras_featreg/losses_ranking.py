@@ -22,6 +22,7 @@ gradients; a loss with nothing to average over is 0.
 """
 
 import math
+import numbers
 
 import keras
 from keras import ops
@@ -84,11 +85,11 @@ def _check_negatives(negatives):
 
 
 def _check_batch_size(batch_size):
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 2:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 2:
         raise ValueError(
             f"`batch_size` must be an integer >= 2. Received: batch_size={batch_size!r}"
         )
-    return batch_size
+    return int(batch_size)
 
 
 def _embeddings(y_pred):
@@ -131,14 +132,15 @@ def triplet_loss(y_true, y_pred, margin=0.2, mining="semi-hard", soft=False, dis
     ``L = mean log(1 + exp(D(a, p) - D(a, n)))`` (``soft=True``, margin unused), over the
     triplets of :func:`keras_featreg.mining.batch_semi_hard`, ``batch_hard`` or
     ``batch_all`` (the latter averages over the triplets with a positive loss).
-    See :class:`TripletLoss`.
+    See :class:`TripletLoss`. `mining` may also be a callable
+    ``(distances (b, b), labels (b,)) -> keras_featreg.mining.MinedTriplets``.
 
     Returns:
         Scalar tensor (float32 for half-precision `y_pred`); 0 when the batch has no
         valid triplet.
     """
     margin = _check_margin(margin)
-    miner = mining_lib.get_miner(mining)
+    miner = mining if callable(mining) else mining_lib.get_miner(mining)
     _check_bool("soft", soft)
     _utils.check_choice("distance", distance, DISTANCES)
     labels, embeddings = _inputs(y_true, y_pred)
@@ -317,7 +319,14 @@ def angular_loss_bounds(batch_size, alpha=45.0, negatives="positives"):
 
 
 class _RankingLoss(keras.losses.Loss):
-    """Shared plumbing: validation before Keras' own float conversion, no sample_weight."""
+    """Shared plumbing of the batch-level losses.
+
+    ``keras.losses.Loss.__call__`` would cast ``y_pred`` *and the labels* to the loss
+    dtype before ``call``: an integer ``y_pred`` would pass silently and integer labels
+    above 2**24 would collide in float32. The batch losses already return a scalar, so
+    there is nothing to reduce or weight: ``__call__`` validates, calls ``call`` on the
+    inputs as given and casts the result to the loss dtype.
+    """
 
     def __call__(self, y_true, y_pred, sample_weight=None):
         if sample_weight is not None:
@@ -326,9 +335,8 @@ class _RankingLoss(keras.losses.Loss):
                 "`sample_weight` (or `class_weight`). Received: sample_weight="
                 f"{type(sample_weight).__name__} of shape {tuple(getattr(sample_weight, 'shape', ()))}"
             )
-        # Keras casts y_pred to the loss dtype before `call`: check it is a float matrix first.
-        _embeddings(y_pred)
-        return super().__call__(y_true, y_pred)
+        with keras.name_scope(self.name):
+            return ops.cast(self.call(y_true, y_pred), self.dtype)
 
 
 @keras.saving.register_keras_serializable(package="keras_featreg")
@@ -364,9 +372,11 @@ class TripletLoss(_RankingLoss):
         soft: bool, softplus ("soft margin") instead of the hinge. Defaults to `False`.
         distance: `"euclidean"` (default, tfa's ``"L2"``), `"squared_euclidean"` (tfa's
             ``"squared-L2"``) or `"cosine"` (``1 - cos``, tfa's ``"angular"``).
-        reduction: Keras reduction; the loss is already a scalar, so it has no effect.
+        reduction: kept for Keras compatibility; the loss is already a scalar, so it has
+            no effect.
         name: name of the loss. Defaults to `"triplet_loss"`.
-        dtype: dtype the inputs are cast to by Keras. Defaults to `keras.backend.floatx()`.
+        dtype: dtype of the returned loss. Defaults to `keras.backend.floatx()`. (The
+            computation runs in float32, or float64 for float64 embeddings.)
 
     Example:
 
@@ -440,9 +450,11 @@ class ContrastiveLoss(_RankingLoss):
         distance: `"euclidean"` (default), `"squared_euclidean"` or `"cosine"`.
         power: 1 (default, the SVMax paper's eq. 6: ``D`` and ``[m - D]_+``) or 2
             (``D^2`` and ``[m - D]_+^2``, as tensorflow-addons).
-        reduction: Keras reduction; the loss is already a scalar, so it has no effect.
+        reduction: kept for Keras compatibility; the loss is already a scalar, so it has
+            no effect.
         name: name of the loss. Defaults to `"contrastive_loss"`.
-        dtype: dtype the inputs are cast to by Keras. Defaults to `keras.backend.floatx()`.
+        dtype: dtype of the returned loss. Defaults to `keras.backend.floatx()`. (The
+            computation runs in float32, or float64 for float64 embeddings.)
 
     Example:
 
@@ -519,9 +531,11 @@ class NPairLoss(_RankingLoss):
     Args:
         negatives: `"positives"` (default) or `"all"`, see above.
         l2_reg: float >= 0, weight of the embedding L2 regularizer. Defaults to `0.0`.
-        reduction: Keras reduction; the loss is already a scalar, so it has no effect.
+        reduction: kept for Keras compatibility; the loss is already a scalar, so it has
+            no effect.
         name: name of the loss. Defaults to `"npair_loss"`.
-        dtype: dtype the inputs are cast to by Keras. Defaults to `keras.backend.floatx()`.
+        dtype: dtype of the returned loss. Defaults to `keras.backend.floatx()`. (The
+            computation runs in float32, or float64 for float64 embeddings.)
 
     Example:
 
@@ -579,9 +593,11 @@ class AngularLoss(_RankingLoss):
         alpha: angle in degrees, in (0, 90). Defaults to `45.0` (the paper).
         negatives: `"positives"` (default, Wang et al.'s N-pair code: the other classes'
             positives) or `"all"` (every sample of another class, eq. 9's ``n in B``).
-        reduction: Keras reduction; the loss is already a scalar, so it has no effect.
+        reduction: kept for Keras compatibility; the loss is already a scalar, so it has
+            no effect.
         name: name of the loss. Defaults to `"angular_loss"`.
-        dtype: dtype the inputs are cast to by Keras. Defaults to `keras.backend.floatx()`.
+        dtype: dtype of the returned loss. Defaults to `keras.backend.floatx()`. (The
+            computation runs in float32, or float64 for float64 embeddings.)
 
     Example:
 

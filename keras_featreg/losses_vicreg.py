@@ -4,16 +4,20 @@ import keras
 from keras import ops
 
 from keras_featreg import _utils
+from keras_featreg import backend as _backend
 from keras_featreg.ops import moments
 
 _PACKAGE = "keras_featreg"
 
 
-def vicreg_terms(z_a, z_b, gamma=1.0, epsilon=1e-4, covariance_method="auto"):
+def vicreg_terms(z_a, z_b, gamma=1.0, epsilon=1e-4, covariance_method="auto",
+                 cross_replica=False):
     """The unweighted VICReg terms of two views, as a dict of scalar tensors.
 
     ``invariance`` = MSE over the ``n d`` elements, ``variance`` = ``v(Z_a)/2 + v(Z_b)/2``
     (the official code's per-branch halving), ``covariance`` = ``c(Z_a) + c(Z_b)``.
+    With ``cross_replica=True`` the terms are computed on the global batch under a
+    ``tf.distribute`` strategy (both views all-gathered, as the official ``FullGatherLayer``).
     """
     z_a = _utils.as_float_tensor(z_a, name="z_a", min_rank=2, max_rank=2)
     z_b = _utils.as_float_tensor(z_b, name="z_b", min_rank=2, max_rank=2)
@@ -22,6 +26,8 @@ def vicreg_terms(z_a, z_b, gamma=1.0, epsilon=1e-4, covariance_method="auto"):
             "`z_a` and `z_b` must have the same embedding dimension. Received: "
             f"z_a.shape={tuple(z_a.shape)}, z_b.shape={tuple(z_b.shape)}"
         )
+    if cross_replica:
+        z_a, z_b = _backend.gather_replicas([z_a, z_b])
     return {
         "invariance": moments.invariance_penalty(z_a, z_b),
         "variance": 0.5 * moments.variance_penalty(z_a, gamma, epsilon)
@@ -32,7 +38,8 @@ def vicreg_terms(z_a, z_b, gamma=1.0, epsilon=1e-4, covariance_method="auto"):
 
 
 def vicreg_loss(z_a, z_b, invariance_factor=25.0, variance_factor=25.0,
-                covariance_factor=1.0, gamma=1.0, epsilon=1e-4, covariance_method="auto"):
+                covariance_factor=1.0, gamma=1.0, epsilon=1e-4, covariance_method="auto",
+                cross_replica=False):
     """VICReg loss of two batches of embeddings, as the official code computes it.
 
     ::
@@ -44,8 +51,11 @@ def vicreg_loss(z_a, z_b, invariance_factor=25.0, variance_factor=25.0,
     The paper's eq. writes ``mu [v(Z) + v(Z')]``; the official implementation (and
     pytorch-metric-learning, lightly) halve each branch's variance term, which these
     defaults reproduce: ``variance_factor=25`` here equals the paper's ``mu = 12.5``.
+
+    ``cross_replica=True``: under a ``tf.distribute`` strategy every replica returns the loss
+    of the global batch (see :func:`vicreg_terms`); unscaled, like the formula.
     """
-    terms = vicreg_terms(z_a, z_b, gamma, epsilon, covariance_method)
+    terms = vicreg_terms(z_a, z_b, gamma, epsilon, covariance_method, cross_replica)
     return (invariance_factor * terms["invariance"] + variance_factor * terms["variance"]
             + covariance_factor * terms["covariance"])
 
@@ -65,6 +75,10 @@ class VICRegLoss(keras.losses.Loss):
         gamma: target standard deviation (> 0).
         epsilon: variance epsilon (> 0).
         covariance_method: ``"auto"``, ``"covariance"`` or ``"gram"``.
+        cross_replica: compute the loss on the global batch under a ``tf.distribute``
+            strategy (all-gather of both views).  Either way, like every Keras loss, the
+            value returned inside a replica of a ``tf.distribute`` strategy is divided by
+            the number of replicas (Keras sums the replicas' gradients).  No-op on JAX.
 
     Example (custom ``train_step``, TensorFlow backend)::
 
@@ -75,7 +89,7 @@ class VICRegLoss(keras.losses.Loss):
 
     def __init__(self, invariance_factor=25.0, variance_factor=25.0, covariance_factor=1.0,
                  gamma=1.0, epsilon=1e-4, covariance_method="auto", name="vicreg_loss",
-                 reduction="sum_over_batch_size", dtype=None):
+                 reduction="sum_over_batch_size", dtype=None, cross_replica=False):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
         self.invariance_factor = _utils.check_number("invariance_factor", invariance_factor, 0.0)
         self.variance_factor = _utils.check_number("variance_factor", variance_factor, 0.0)
@@ -84,14 +98,15 @@ class VICRegLoss(keras.losses.Loss):
         self.epsilon = _utils.check_number("epsilon", epsilon, 0.0, strict=True)
         self.covariance_method = _utils.check_choice(
             "covariance_method", covariance_method, moments.COVARIANCE_METHODS)
+        self.cross_replica = bool(cross_replica)
 
     def call(self, y_true, y_pred):
         return vicreg_loss(y_true, y_pred, self.invariance_factor, self.variance_factor,
                            self.covariance_factor, self.gamma, self.epsilon,
-                           self.covariance_method)
+                           self.covariance_method, self.cross_replica)
 
     def __call__(self, y_true, y_pred, sample_weight=None):
-        return self.call(y_true, y_pred)
+        return _backend.scale_loss_for_replicas(self.call(y_true, y_pred))
 
     def get_config(self):
         return {
@@ -102,4 +117,5 @@ class VICRegLoss(keras.losses.Loss):
             "gamma": self.gamma,
             "epsilon": self.epsilon,
             "covariance_method": self.covariance_method,
+            "cross_replica": self.cross_replica,
         }

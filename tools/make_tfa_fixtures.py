@@ -50,7 +50,7 @@ def _value_and_grad(fn, embeddings):
     x = tf.Variable(embeddings)
     with tf.GradientTape() as tape:
         value = fn(x)
-    grad = tape.gradient(value, x)
+    grad = tf.convert_to_tensor(tape.gradient(value, x))
     return float(value.numpy()), np.asarray(grad.numpy(), dtype=np.float32)
 
 

@@ -1,0 +1,175 @@
+"""Smoke tests of the example scripts (``examples/``) and the quick-start notebook.
+
+Each script runs with ``--quick`` (a few training steps on a tiny subset) in a subprocess,
+which inherits ``KERAS_BACKEND``; the tests check that the outputs exist and that the
+printed metrics are finite. The GAN and VICReg-SSL examples use a TensorFlow custom
+``train_step`` (``tf.GradientTape``), hence ``tensorflow_only``.
+"""
+
+import csv
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+SCRIPTS = ("retrieval.py", "gan_mixture.py", "circle_embedding.py", "vicreg_ssl.py")
+TIMEOUT = 300  # seconds; each quick run takes well under a minute on an idle 2-core CPU
+
+
+def _run(args, cwd=ROOT):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONUNBUFFERED="1", MPLBACKEND="Agg")
+    proc = subprocess.run([sys.executable, *map(str, args)], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=TIMEOUT)
+    assert proc.returncode == 0, (
+        f"exit {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n"
+        f"{proc.stderr[-4000:]}")
+    return proc.stdout
+
+
+def _numbers_after(label, text):
+    """Every number printed right after `label` (e.g. 'R@1 97.3' -> [97.3])."""
+    pattern = re.escape(label) + r"\s+(-?(?:\d+\.?\d*|nan|inf))"
+    return [float(v) for v in re.findall(pattern, text)]
+
+
+def _read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _assert_finite_columns(rows, columns):
+    assert rows
+    for row in rows:
+        for column in columns:
+            assert math.isfinite(float(row[column])), (column, row)
+
+
+def _assert_small_png(path):
+    assert path.is_file(), path
+    assert 0 < path.stat().st_size < 200 * 1024, (path, path.stat().st_size)
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_help(script):
+    out = _run([EXAMPLES / script, "--help"])
+    assert "usage:" in out and "--quick" in out and "--mixed-precision" in out
+
+
+def test_retrieval_quick(tmp_path):
+    out = _run([EXAMPLES / "retrieval.py", "--quick", "--out", tmp_path])
+    recalls, nmis = _numbers_after("R@1", out), _numbers_after("NMI", out)
+    assert len(recalls) == len(nmis) == 4  # contrastive, npair x none, svmax
+    assert all(math.isfinite(v) and 0 <= v <= 100 for v in recalls)
+    assert all(math.isfinite(v) and 0 <= v <= 1 for v in nmis)
+    assert "training on" in out  # the device line
+    runs = _read_csv(tmp_path / "digits_runs.csv")
+    _assert_finite_columns(runs, ["nmi", "r@1", "r@8", "test_s_mu", "test_s_mu_upper"])
+    assert {r["regularizer"] for r in runs} == {"none", "svmax"}
+    table = _read_csv(tmp_path / "digits_table.csv")
+    assert len(table) == 4
+    assert (tmp_path / "digits_table.md").read_text().startswith("| loss |")
+    _assert_small_png(tmp_path / "digits_recall_vs_lr.png")
+    _assert_small_png(tmp_path / "digits_test_smu.png")
+    # --merge re-summarizes earlier runs without training
+    _run([EXAMPLES / "retrieval.py", "--merge", tmp_path / "digits_runs.csv", "--out",
+          tmp_path / "merged"])
+    assert len(_read_csv(tmp_path / "merged" / "digits_table.csv")) == 4
+
+
+@pytest.mark.tensorflow_only
+def test_retrieval_tfds_backbone_mixed_precision(tmp_path):
+    """The tfds loader path (mock data), a keras.applications backbone, mixed precision."""
+    pytest.importorskip("tensorflow_datasets")
+    code = (
+        "import sys\n"
+        "import tensorflow_datasets as tfds\n"
+        f"sys.path.insert(0, {str(EXAMPLES)!r})\n"
+        "import retrieval\n"
+        "with tfds.testing.mock_data(num_examples=48):\n"
+        "    rows = retrieval.main(['--dataset', 'cars196', '--quick', '--losses', 'triplet',\n"
+        "                           '--backbone', 'mobilenet_v2', '--weights', 'none',\n"
+        "                           '--image-size', '32', '--mixed-precision',\n"
+        f"                           '--out', {str(tmp_path)!r}])\n"
+        "print('ROWS', len(rows))\n"
+    )
+    out = _run(["-c", code])
+    assert "ROWS 2" in out
+    assert "mixed_float16" in out
+    runs = _read_csv(tmp_path / "cars196_runs.csv")
+    _assert_finite_columns(runs, ["r@1", "test_s_mu"])
+
+
+def test_retrieval_schedule_and_layout():
+    sys.path.insert(0, str(EXAMPLES))
+    try:
+        import retrieval
+    finally:
+        sys.path.remove(str(EXAMPLES))
+    schedule = retrieval.ConstantThenPolynomialDecay(0.01, total_steps=100)
+    values = [float(schedule(step)) for step in (0, 25, 50, 75, 100, 150)]
+    assert values[0] == pytest.approx(0.01) and values[2] == pytest.approx(0.01)
+    assert values[3] == pytest.approx(0.5 * (0.01 - 1e-7) + 1e-7, rel=1e-5)
+    assert values[4] == pytest.approx(1e-7, rel=1e-3) and values[5] == pytest.approx(1e-7, rel=1e-3)
+    restored = retrieval.ConstantThenPolynomialDecay.from_config(schedule.get_config())
+    assert float(restored(75)) == pytest.approx(values[3])
+    # the paper's p x l with enough classes, l grown (or b = 2p) with only 5 classes
+    assert retrieval.batch_layout("triplet", 144, 100) == (24, 6)
+    assert retrieval.batch_layout("contrastive", 144, 100) == (36, 4)
+    assert retrieval.batch_layout("npair", 144, 100) == (72, 2)
+    assert retrieval.batch_layout("contrastive", 144, 5) == (5, 28)
+    assert retrieval.batch_layout("angular", 144, 5) == (5, 2)
+
+
+@pytest.mark.tensorflow_only
+def test_gan_mixture_quick(tmp_path):
+    out = _run([EXAMPLES / "gan_mixture.py", "--quick", "--out", tmp_path])
+    assert re.search(r"vanilla \| \d\.\d ± \d\.\d \| \d+\.\d", out), out[-2000:]
+    assert re.search(r"svmax \| \d\.\d ± \d\.\d \| \d+\.\d", out), out[-2000:]
+    summary = _read_csv(tmp_path / "gan_summary.csv")
+    _assert_finite_columns(summary, ["modes_mean", "high_quality_mean"])
+    runs = _read_csv(tmp_path / "gan_runs.csv")
+    assert {r["variant"] for r in runs} == {"vanilla", "svmax"}
+    _assert_small_png(tmp_path / "gan_heatmaps.png")
+
+
+def test_circle_embedding_quick(tmp_path):
+    out = _run([EXAMPLES / "circle_embedding.py", "--quick", "--out", tmp_path])
+    s_mu = _numbers_after("test s_mu", out)
+    assert s_mu and all(math.isfinite(v) and v > 0 for v in s_mu)
+    rows = _read_csv(tmp_path / "circle_embedding.csv")
+    _assert_finite_columns(rows, ["test_s_mu", "r@1", "circle_coverage_%"])
+    assert [r["variant"] for r in rows] == ["vanilla", "svmax"]
+    _assert_small_png(tmp_path / "circle_embedding.png")
+
+
+@pytest.mark.tensorflow_only
+def test_vicreg_ssl_quick(tmp_path):
+    out = _run([EXAMPLES / "vicreg_ssl.py", "--quick", "--out", tmp_path])
+    accuracies = _numbers_after("linear probe", out)
+    assert len(accuracies) == 3  # random init, vicreg, svmax
+    assert all(math.isfinite(v) and 0 <= v <= 100 for v in accuracies)
+    rows = _read_csv(tmp_path / "vicreg_ssl.csv")
+    _assert_finite_columns(rows, ["probe_acc_%", "repr_collapsed_%", "emb_s_mu_position"])
+    assert [r["encoder"] for r in rows] == ["random init", "vicreg", "svmax"]
+    _assert_small_png(tmp_path / "vicreg_ssl.png")
+
+
+def test_quickstart_notebook():
+    nbformat = pytest.importorskip("nbformat", reason="nbformat is not installed")
+    nbclient = pytest.importorskip("nbclient", reason="nbclient is not installed")
+    notebook = nbformat.read(EXAMPLES / "quickstart.ipynb", as_version=4)
+    client = nbclient.NotebookClient(notebook, timeout=TIMEOUT, kernel_name="python3",
+                                     resources={"metadata": {"path": str(EXAMPLES)}})
+    client.execute()
+    text = "\n".join(
+        output.get("text", "") for cell in notebook.cells if cell.cell_type == "code"
+        for output in cell.get("outputs", []) if output.get("output_type") == "stream")
+    recalls = _numbers_after("R@1", text)
+    assert len(recalls) == 2 and all(math.isfinite(v) for v in recalls), text[-2000:]
+    assert len(_numbers_after("NMI", text)) == 2
