@@ -198,7 +198,7 @@ def parse_args(argv=None):
                         help="unlabelled images for pretraining")
     parser.add_argument("--probe-samples", type=int, default=5000,
                         help="labelled images for each of probe-train and probe-test")
-    parser.add_argument("--width", type=int, default=32, help="encoder's first conv width")
+    parser.add_argument("--width", type=int, default=16, help="encoder's first conv width")
     parser.add_argument("--expander", type=int, default=256, help="expander width")
     parser.add_argument("--noise", type=float, default=0.1, help="augmentation noise std")
     _common.add_common_args(parser, default_out=os.path.join("runs", "vicreg_ssl"))

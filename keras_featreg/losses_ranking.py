@@ -27,6 +27,8 @@ import numbers
 import keras
 from keras import ops
 
+from keras_featreg import backend as _backend
+
 from keras_featreg import _utils
 from keras_featreg import mining as mining_lib
 from keras_featreg.ops import distances as distances_lib
@@ -336,7 +338,10 @@ class _RankingLoss(keras.losses.Loss):
                 f"{type(sample_weight).__name__} of shape {tuple(getattr(sample_weight, 'shape', ()))}"
             )
         with keras.name_scope(self.name):
-            return ops.cast(self.call(y_true, y_pred), self.dtype)
+            # Keras divides each replica's loss by the number of replicas (the replicas'
+            # gradients are then summed); a loss that returns a scalar must do it itself.
+            value = ops.cast(self.call(y_true, y_pred), self.dtype)
+            return _backend.scale_loss_for_replicas(value)
 
 
 @keras.saving.register_keras_serializable(package="keras_featreg")

@@ -23,7 +23,6 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(autouse=True)
 def _reset_keras_state():
-    keras.utils.clear_session()
     keras.config.set_dtype_policy("float32")
     yield
     keras.config.set_dtype_policy("float32")

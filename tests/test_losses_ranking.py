@@ -450,55 +450,55 @@ def test_float64_inputs_stay_float64_with_tensorflow():
 # ------------------------------------------------------------------------- validation
 
 
-@pytest.mark.parametrize(
-    "make, match",
-    [
-        (lambda: lr.TripletLoss(margin=-0.1), r"margin.*Received: margin=-0\.1"),
-        (lambda: lr.TripletLoss(mining="semihard"), "Received: mining='semihard'"),
-        (lambda: lr.TripletLoss(distance="L2"), "Received: distance='L2'"),
-        (lambda: lr.TripletLoss(soft=1), "Received: soft=1"),
-        (lambda: lr.ContrastiveLoss(margin=-1), "Received: margin=-1"),
-        (lambda: lr.ContrastiveLoss(distance="manhattan"), "Received: distance='manhattan'"),
-        (lambda: lr.ContrastiveLoss(power=3), "Received: power=3"),
-        (lambda: lr.ContrastiveLoss(power=True), "Received: power=True"),
-        (lambda: lr.NPairLoss(negatives="others"), "Received: negatives='others'"),
-        (lambda: lr.NPairLoss(l2_reg=-0.002), "Received: l2_reg=-0.002"),
-        (lambda: lr.AngularLoss(alpha=0.0), "Received: alpha=0.0"),
-        (lambda: lr.AngularLoss(alpha=90), "Received: alpha=90"),
-        (lambda: lr.AngularLoss(alpha=-45), "Received: alpha=-45"),
-        (lambda: lr.AngularLoss(alpha=120.0), "Received: alpha=120.0"),
-        (lambda: lr.AngularLoss(alpha="45"), "Received: alpha='45'"),
-        (lambda: lr.AngularLoss(negatives=None), "Received: negatives=None"),
-        (lambda: lr.NPairLoss().bounds(1), "Received: batch_size=1"),
-        (lambda: lr.TripletLoss().bounds(10.5), "Received: batch_size=10.5"),
-    ],
-)
-def test_bad_constructor_arguments_raise_value_error(make, match):
-    with pytest.raises(ValueError, match=match):
-        make()
+BAD_CONSTRUCTOR_ARGUMENTS = [
+    (lambda: lr.TripletLoss(margin=-0.1), r"margin.*Received: margin=-0\.1"),
+    (lambda: lr.TripletLoss(mining="semihard"), "Received: mining='semihard'"),
+    (lambda: lr.TripletLoss(distance="L2"), "Received: distance='L2'"),
+    (lambda: lr.TripletLoss(soft=1), "Received: soft=1"),
+    (lambda: lr.ContrastiveLoss(margin=-1), "Received: margin=-1"),
+    (lambda: lr.ContrastiveLoss(distance="manhattan"), "Received: distance='manhattan'"),
+    (lambda: lr.ContrastiveLoss(power=3), "Received: power=3"),
+    (lambda: lr.ContrastiveLoss(power=True), "Received: power=True"),
+    (lambda: lr.NPairLoss(negatives="others"), "Received: negatives='others'"),
+    (lambda: lr.NPairLoss(l2_reg=-0.002), "Received: l2_reg=-0.002"),
+    (lambda: lr.AngularLoss(alpha=0.0), "Received: alpha=0.0"),
+    (lambda: lr.AngularLoss(alpha=90), "Received: alpha=90"),
+    (lambda: lr.AngularLoss(alpha=-45), "Received: alpha=-45"),
+    (lambda: lr.AngularLoss(alpha=120.0), "Received: alpha=120.0"),
+    (lambda: lr.AngularLoss(alpha="45"), "Received: alpha='45'"),
+    (lambda: lr.AngularLoss(negatives=None), "Received: negatives=None"),
+    (lambda: lr.NPairLoss().bounds(1), "Received: batch_size=1"),
+    (lambda: lr.TripletLoss().bounds(10.5), "Received: batch_size=10.5"),
+]
+
+
+def test_bad_constructor_arguments_raise_value_error():
+    for make, match in BAD_CONSTRUCTOR_ARGUMENTS:
+        with pytest.raises(ValueError, match=match):
+            make()
 
 
 LOSS_FACTORIES = [lr.ContrastiveLoss, lr.TripletLoss, lr.NPairLoss, lr.AngularLoss]
 
 
+BAD_INPUTS = [
+    (np.zeros(4), np.ones((4,), "float32"), r"y_pred.*rank 1"),
+    (np.zeros(4), np.ones((4, 2, 2), "float32"), r"y_pred.*rank 3"),
+    (np.zeros(4), np.ones((4, 2), "int32"), r"y_pred.*int32"),
+    (np.zeros((4, 2)), np.ones((4, 2), "float32"), r"y_true.shape=\(4, 2\)"),
+    (np.zeros(3), np.ones((4, 2), "float32"), "same batch size"),
+]
+
+
 @pytest.mark.parametrize("cls", LOSS_FACTORIES)
-@pytest.mark.parametrize(
-    "labels, y_pred, match",
-    [
-        (np.zeros(4), np.ones((4,), "float32"), r"y_pred.*rank 1"),
-        (np.zeros(4), np.ones((4, 2, 2), "float32"), r"y_pred.*rank 3"),
-        (np.zeros(4), np.ones((4, 2), "int32"), r"y_pred.*int32"),
-        (np.zeros((4, 2)), np.ones((4, 2), "float32"), r"y_true.shape=\(4, 2\)"),
-        (np.zeros(3), np.ones((4, 2), "float32"), "same batch size"),
-    ],
-)
-def test_bad_inputs_raise_value_error(cls, labels, y_pred, match):
-    with pytest.raises(ValueError, match=match):
-        cls()(labels, y_pred)
+def test_bad_inputs_raise_value_error(cls):
     fn = {lr.ContrastiveLoss: lr.contrastive_loss, lr.TripletLoss: lr.triplet_loss,
           lr.NPairLoss: lr.npair_loss, lr.AngularLoss: lr.angular_loss}[cls]
-    with pytest.raises(ValueError, match=match):
-        fn(labels, y_pred)
+    for labels, y_pred, match in BAD_INPUTS:
+        with pytest.raises(ValueError, match=match):
+            cls()(labels, y_pred)
+        with pytest.raises(ValueError, match=match):
+            fn(labels, y_pred)
 
 
 @pytest.mark.parametrize("cls", LOSS_FACTORIES)

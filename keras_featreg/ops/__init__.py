@@ -7,4 +7,4 @@
 * :mod:`~keras_featreg.ops.distances`: pairwise distances, numerically safe at zero.
 """
 
-from keras_featreg.ops import moments, spectral  # noqa: F401
+from keras_featreg.ops import distances, moments, spectral  # noqa: F401
