@@ -125,7 +125,8 @@ def main(argv=None):
                             callbacks=[snaps, monitor], verbose=0, shuffle=False)
         for epoch, stats in enumerate(monitor.history, 1):
             if epoch in args.snapshots or epoch == args.epochs:
-                print(f"    [{name}] epoch {epoch:>3}  loss {history.history['loss'][epoch - 1]:.4f}  "
+                loss = history.history["loss"][epoch - 1]
+                print(f"    [{name}] epoch {epoch:>3}  loss {loss:.4f}  "
                       f"test s_mu {stats['s_mu']:.3f} in [{stats['s_mu_lower']:.3f}, "
                       f"{stats['s_mu_upper']:.3f}]  position {stats['s_mu_position']:.3f}",
                       flush=True)

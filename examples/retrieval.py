@@ -383,27 +383,31 @@ def summarize(rows):
     return table
 
 
-def _pm(mean, std, digits):
+def _pm(mean, std, digits, runs=2):
     if not math.isfinite(mean):
         return "-"
+    if runs <= 1:  # one seed: no spread to report
+        return f"{mean:.{digits}f}"
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
 def markdown_table(table):
     names = {"none": "vanilla", "spreadout": "spread-out", "svmax": "SVMax", "vicreg": "VICReg"}
-    lines = ["| loss | regularizer (λ) | lr | b | NMI | R@1 | R@8 | ΔR@1 | test s_μ (U) |",
+    lines = ["| loss | regularizer (λ) | lr | b | NMI | R@1 (%) | R@8 (%) | ΔR@1 | test s_μ (U) |",
              "|---|---|---|---|---|---|---|---|---|"]
     for t in table:
         reg = names[t["regularizer"]]
         if t["regularizer"] != "none":
             reg += f" ({t['lambda']:g})"
         div = f" ({t['diverged']} diverged)" if t["diverged"] else ""
+        n = t["seeds"]
         lines.append(
             f"| {t['loss']} | {reg}{div} | {t['lr']:g} | {t['batch_size']} | "
-            f"{_pm(t['nmi_mean'], t['nmi_std'], 3)} | {_pm(t['r@1_mean'], t['r@1_std'], 1)} | "
-            f"{_pm(t['r@8_mean'], t['r@8_std'], 1)} | "
-            f"{_pm(t['delta_r@1_mean'], t['delta_r@1_std'], 1)} | "
-            f"{_pm(t['test_s_mu_mean'], t['test_s_mu_std'], 2)} ({t['test_s_mu_upper']:.2f}) |")
+            f"{_pm(t['nmi_mean'], t['nmi_std'], 3, n)} | "
+            f"{_pm(t['r@1_mean'], t['r@1_std'], 1, n)} | "
+            f"{_pm(t['r@8_mean'], t['r@8_std'], 1, n)} | "
+            f"{_pm(t['delta_r@1_mean'], t['delta_r@1_std'], 1, n)} | "
+            f"{_pm(t['test_s_mu_mean'], t['test_s_mu_std'], 2, n)} ({t['test_s_mu_upper']:.2f}) |")
     return "\n".join(lines) + "\n"
 
 

@@ -1,6 +1,6 @@
 """Self-supervised VICReg pretraining on Fashion-MNIST, and SVMax in place of its regularizers.
 
-A small conv encoder (3 conv blocks with batch norm, 128-d representation after global
+A small conv encoder (3 conv blocks with batch norm, a 4 x width = 64-d representation after
 average pooling) and an expander (256-256-256, the official 8192-8192-8192 scaled down) are
 trained on two augmented views of each image (random shift/crop, horizontal flip, Gaussian
 noise) with a custom ``train_step`` (``tf.GradientTape``; TensorFlow backend only):
