@@ -2,27 +2,42 @@
 
 import keras
 import numpy as np
+import pytest
 from keras import ops
 
 
-def value_and_grad(fn, x):
-    """``(fn(x), dfn/dx)`` as numpy arrays, on the active Keras backend."""
+def value_and_grad(fn, x, jit=False):
+    """(value, d value / d x) of a scalar function, on the active Keras backend.
+
+    With JAX, `jit=True` compiles the whole function once (cheaper for a one-off shape);
+    the default runs op by op, whose per-shape compilations are cached across tests.
+    """
     backend = keras.backend.backend()
     if backend == "tensorflow":
         import tensorflow as tf
 
-        xt = tf.convert_to_tensor(x)
+        x = tf.constant(x)
         with tf.GradientTape() as tape:
-            tape.watch(xt)
-            y = fn(xt)
-        g = tape.gradient(y, xt)
-        return np.asarray(y), (None if g is None else np.asarray(g))
+            tape.watch(x)
+            value = fn(x)
+        return np.asarray(value), np.asarray(tape.gradient(value, x))
     if backend == "jax":
         import jax
+        import jax.numpy as jnp
 
-        y, g = jax.value_and_grad(lambda t: fn(t))(jax.numpy.asarray(x))
-        return np.asarray(y), np.asarray(g)
-    raise NotImplementedError(backend)
+        value_and_grad = jax.value_and_grad(fn)
+        if jit:
+            value_and_grad = jax.jit(value_and_grad)
+        value, grad = value_and_grad(jnp.asarray(x))
+        return np.asarray(value), np.asarray(grad)
+    if backend == "torch":
+        import torch
+
+        x = torch.tensor(np.asarray(x), requires_grad=True)
+        value = fn(x)
+        value.backward()
+        return value.detach().cpu().numpy(), x.grad.cpu().numpy()
+    pytest.skip(f"no gradient helper for backend {backend}")
 
 
 def jit(fn):

@@ -7,33 +7,7 @@ import keras
 from keras import ops
 
 from keras_featreg import mining
-
-
-def _value_and_grad(fn, x, jit=False):
-    """(value, d value / d x) of a scalar function, on the active Keras backend.
-
-    With JAX, `jit=True` compiles the whole function once (cheaper for a one-off shape);
-    the default runs op by op, whose per-shape compilations are cached across tests.
-    """
-    backend = keras.backend.backend()
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        x = tf.constant(x)
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            value = fn(x)
-        return np.asarray(value), np.asarray(tape.gradient(value, x))
-    if backend == "jax":
-        import jax
-        import jax.numpy as jnp
-
-        value_and_grad = jax.value_and_grad(fn)
-        if jit:
-            value_and_grad = jax.jit(value_and_grad)
-        value, grad = value_and_grad(jnp.asarray(x))
-        return np.asarray(value), np.asarray(grad)
-    pytest.skip(f"no gradient helper for backend {backend}")
+from _helpers import value_and_grad as _value_and_grad
 
 
 def _np(x):
