@@ -122,3 +122,16 @@ def ref_spread_out(e, factor=1.0, normalize=True):
     dots = [e[i] @ e[j] for i in range(b) for j in range(b) if i != j]
     m1, m2 = np.mean(dots), np.mean(np.square(dots))
     return factor * (m1**2 + max(0.0, m2 - 1.0 / d))
+
+
+def saved_and_loaded_losses(model, x, tmp_path):
+    """``(sum(model.losses), the same after a .keras save/load)`` on input ``x``, and the loaded model."""
+    import os
+
+    model(x)
+    before = float(sum(to_np(v) for v in model.losses))
+    path = os.path.join(tmp_path, "m.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    loaded(x)
+    return before, float(sum(to_np(v) for v in loaded.losses)), loaded

@@ -1,12 +1,11 @@
 """EmbeddingRegularization, attach_regularizer and the spectrum metrics/callback."""
 
-import os
 
 import keras
 import numpy as np
 import pytest
 
-from _helpers import ref_normalize, ref_svmax, to_np
+from _helpers import ref_normalize, ref_svmax, saved_and_loaded_losses, to_np
 from keras_featreg import metrics
 from keras_featreg.layers import EmbeddingRegularization, attach_regularizer, detach_regularizers
 from keras_featreg.regularizers import SVMax, VICReg
@@ -32,13 +31,8 @@ def test_embedding_regularization_serializes(tmp_path, rng):
     out = EmbeddingRegularization(VICReg(3.0, 0.5))(keras.layers.Dense(4)(inputs))
     model = keras.Model(inputs, out)
     x = rng.standard_normal((8, 6)).astype("float32")
-    model(x)
-    before = float(sum(to_np(v) for v in model.losses))
-    path = os.path.join(tmp_path, "m.keras")
-    model.save(path)
-    loaded = keras.saving.load_model(path)
-    loaded(x)
-    np.testing.assert_allclose(float(sum(to_np(v) for v in loaded.losses)), before, rtol=1e-6)
+    before, after, _ = saved_and_loaded_losses(model, x, tmp_path)
+    np.testing.assert_allclose(after, before, rtol=1e-6)
 
 
 def test_embedding_regularization_rejects_other_regularizers():

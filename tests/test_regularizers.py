@@ -1,13 +1,12 @@
 """SVMax, VICReg and SpreadOut against float64 references: values, gradients, edge cases."""
 
-import os
 
 import keras
 import numpy as np
 import pytest
 from keras import ops
 
-from _helpers import (jit, numeric_grad, ref_covariance, ref_spread_out, ref_svmax,
+from _helpers import (jit, numeric_grad, saved_and_loaded_losses, ref_covariance, ref_spread_out, ref_svmax,
                       ref_variance, to_np, value_and_grad)
 from keras_featreg.backend import keras_divides_activity_regularizers
 from keras_featreg.regularizers import SVMax, SpreadOut, VICReg
@@ -262,13 +261,7 @@ def _embedding_model(reg, d=8):
 def test_save_load_keras_gives_same_loss(reg, tmp_path, rng):
     model = _embedding_model(reg)
     x = rng.standard_normal((12, 10)).astype("float32")
-    model(x)
-    before = float(sum(to_np(v) for v in model.losses))
-    path = os.path.join(tmp_path, "m.keras")
-    model.save(path)
-    loaded = keras.saving.load_model(path)
-    loaded(x)
-    after = float(sum(to_np(v) for v in loaded.losses))
+    before, after, loaded = saved_and_loaded_losses(model, x, tmp_path)
     np.testing.assert_allclose(after, before, rtol=1e-6)
     assert type(loaded.get_layer("emb").activity_regularizer) is type(reg)
 

@@ -53,6 +53,7 @@ import math
 from keras import ops
 
 from keras_featreg import backend as _backend
+from keras_featreg.ops import distances
 
 NUCLEAR_NORM_METHODS = ("auto", "svd", "gram", "newton_schulz")
 FEATURE_REDUCTIONS = ("flatten", "average")
@@ -63,9 +64,8 @@ _AUTO_SVD_MAX_WORK = 2**18
 
 
 def l2_normalize_rows(x, epsilon=1e-12):
-    """Divides each row by its L2 norm; zero rows stay zero with a finite gradient."""
-    sq = ops.sum(ops.square(x), axis=-1, keepdims=True)
-    return x * ops.rsqrt(ops.maximum(sq, epsilon))
+    """Divides each row by its L2 norm (:func:`keras_featreg.ops.distances.l2_normalize`)."""
+    return distances.l2_normalize(x, axis=-1, epsilon=epsilon)
 
 
 def reduce_features(x, mode="flatten"):
