@@ -99,7 +99,8 @@ class SVMax(FeatureRegularizer):
             picks matmul-only Newton-Schulz under TensorFlow XLA, the exact SVD for small
             matrices and the Gram path for large ones).
         feature_reduction: ``"flatten"`` or ``"average"`` for activations of rank > 2.
-        fast_iterations, refine_iterations: Newton-Schulz steps.
+        iterations: Newton-Schulz steps (``method="newton_schulz"``, and ``"auto"`` under
+            TensorFlow XLA); 6 by default, see :func:`keras_featreg.ops.spectral.polar_newton_schulz`.
         cross_replica: statistics over the global batch under ``tf.distribute`` (see
             :class:`FeatureRegularizer`).
 
@@ -119,8 +120,7 @@ class SVMax(FeatureRegularizer):
         normalize=True,
         method="auto",
         feature_reduction="flatten",
-        fast_iterations=5,
-        refine_iterations=4,
+        iterations=spectral.DEFAULT_POLAR_ITERATIONS,
         cross_replica=False,
     ):
         super().__init__(feature_reduction, cross_replica)
@@ -128,16 +128,9 @@ class SVMax(FeatureRegularizer):
         self.bounded = bool(bounded)
         self.normalize = bool(normalize)
         self.method = _utils.check_choice("method", method, spectral.NUCLEAR_NORM_METHODS)
-        for name, value in (("fast_iterations", fast_iterations), ("refine_iterations", refine_iterations)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"`{name}` must be an integer >= 0. Received: {name}={value!r}")
-        if fast_iterations + refine_iterations < 1:
-            raise ValueError(
-                "`fast_iterations + refine_iterations` must be >= 1. Received: "
-                f"fast_iterations={fast_iterations}, refine_iterations={refine_iterations}"
-            )
-        self.fast_iterations = fast_iterations
-        self.refine_iterations = refine_iterations
+        if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
+            raise ValueError(f"`iterations` must be an integer >= 1. Received: iterations={iterations!r}")
+        self.iterations = iterations
 
     def mean_singular_value(self, x):
         """``s_mu`` of ``x`` as this regularizer sees it (reduced, normalized)."""
@@ -150,8 +143,7 @@ class SVMax(FeatureRegularizer):
         return spectral.mean_singular_value(
             e,
             method=self.method,
-            fast_iterations=self.fast_iterations,
-            refine_iterations=self.refine_iterations,
+            iterations=self.iterations,
         )
 
     def _penalty(self, e):
@@ -170,8 +162,7 @@ class SVMax(FeatureRegularizer):
             "bounded": self.bounded,
             "normalize": self.normalize,
             "method": self.method,
-            "fast_iterations": self.fast_iterations,
-            "refine_iterations": self.refine_iterations,
+            "iterations": self.iterations,
         }
 
 

@@ -144,3 +144,51 @@ def test_gram_form_newton_schulz(shape, kind, rng):
     if kind == "healthy":  # full rank: the gradient is U V^T
         u, _, vt = np.linalg.svd(x, full_matrices=False)
         np.testing.assert_allclose(g, u @ vt, atol=2e-3)
+
+
+def _compose(coeffs, x):
+    for a, b, c in coeffs:
+        x = x * (a + x * x * (b + c * x * x))
+    return x
+
+
+def test_polar_schedule_converges_on_its_design_interval():
+    # float64 composition of the stored quintics: [5e-3, 1] -> 1 within 1e-9, never above 1.
+    x = np.geomspace(5e-3, 1.0, 20001)
+    f = _compose(spectral._POLAR_COEFFS, x)
+    assert np.max(np.abs(1.0 - f)) < 1e-9
+    assert np.all(_compose(spectral._POLAR_COEFFS, np.linspace(0.0, 1.0, 20001)) <= 1.0 + 1e-9)
+    # Extra steps use (15x - 10x^3 + 3x^5)/8, whose fixed point 1 is attracting.
+    f = _compose(spectral._step_coeffs(10), x)
+    assert np.max(np.abs(1.0 - f)) < 1e-9
+
+
+def test_polar_schedule_is_what_the_tool_computes():
+    pytest.importorskip("scipy")
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "tools" / "make_polar_coefficients.py"
+    spec = importlib.util.spec_from_file_location("make_polar_coefficients", path)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    computed = tool.schedule(5e-3, len(spectral._POLAR_COEFFS))
+    np.testing.assert_allclose(np.array(computed), np.array(spectral._POLAR_COEFFS), rtol=1e-6)
+
+
+@pytest.mark.parametrize("iterations", [1, 3, 6, 9])
+@pytest.mark.parametrize("b", [30, 48])  # direct form; Gram form (b >= 2 d)
+def test_newton_schulz_iterations(iterations, b, rng):
+    # A spectrum spread over [1e-2, 1]: few steps under-count the small singular values, the
+    # default 6 and more are exact to float32 rounding (direct form) or to the Gram form's
+    # documented shift bias (1e-6 s_1^2 / (2 s^2) relative per singular value).
+    u, _ = np.linalg.qr(rng.standard_normal((b, 24)))
+    v, _ = np.linalg.qr(rng.standard_normal((24, 24)))
+    s = np.geomspace(1e-2, 1.0, 24)
+    x = (u * s) @ v.T
+    got = float(spectral.nuclear_norm(ops.convert_to_tensor(x, "float32"), "newton_schulz", iterations))
+    if iterations >= 6:
+        bias = np.sum(1e-6 / (2 * s**2) * s) if b >= 48 else 0.0
+        np.testing.assert_allclose(got, s.sum() - bias, rtol=1e-5 if b >= 48 else 2e-6)
+    else:
+        assert got < s.sum() * (1 - 1e-3)

@@ -32,16 +32,20 @@ Nuclear-norm methods (``method=``):
     Cost ``O(b d k)`` matmuls plus a ``k x k`` eigh; several times faster than the SVD for
     wide or tall matrices.  Not for TensorFlow XLA (eigh is also Jacobi there).
 ``"newton_schulz"``
-    Matmul-only polar iteration (no decomposition at all): ``X <- X p(X^T X)`` starting
-    from ``E / ||E^T E||_F^{1/2}`` (which bounds ``s_1`` from above), ``fast_iterations``
-    steps of the quintic of Jordan et al. (2024, "Muon"; grows small singular values 3.44x
-    per step) then ``refine_iterations`` steps of the cubic Newton-Schulz map
-    ``1.5x - 0.5x^3`` that converges to exactly 1.  Value ``<E, P>``, gradient ``P``.
-    The value under-estimates singular values smaller than about ``s_1 / 3.44^fast /
-    1.5^refine`` (about 2e-4 s_1 with the defaults 5 + 4); see ``benchmarks/bench_spectral.py`` for
-    the accuracy on healthy, half-collapsed and rank-one embeddings.  When
-    ``max(b, d) >= 2 min(b, d)`` the same iteration runs on the ``k x k`` Gram matrix
-    (:func:`polar_newton_schulz_gram`), several times cheaper.
+    Matmul-only polar iteration (no decomposition at all): ``X <- X p_t(X^T X)`` starting
+    from ``E / (sum s^8)^{1/8}`` (an upper bound of ``s_1``, at most ``k^{1/8} s_1``), with
+    per-step optimal quintics (greedy minimax on ``[5e-3, 1]``: Chen & Chow, 2014; Amsel et
+    al., 2025, "The Polar Express"; ``tools/make_polar_coefficients.py``).  Each step costs
+    three matmuls; the default 6 steps (18 matmuls) bring every scaled singular value in
+    ``[5e-3, 1]`` to 1 within 1e-10, where the fixed Muon quintic plus cubic refinement
+    needed 9 steps (23 matmuls).  Value ``<E, P>``, gradient ``P``.  Singular values below
+    about ``5e-3 (sum s^8)^{1/8}`` (typically 6e-3 to 9e-3 ``s_1``) are under-counted: a
+    scaled singular value ``x < 1e-3`` ends at about ``800 x`` instead of 1 (``x = 5e-4``:
+    0.4), so near collapse the value misses part of the tiny singular values and the
+    gradient pushes those directions with a weight below 1;
+    see ``benchmarks/bench_spectral.py`` for the accuracy on healthy, half-collapsed and
+    rank-one embeddings.  When ``max(b, d) >= 2 min(b, d)`` the same iteration runs on the
+    ``k x k`` Gram matrix (:func:`polar_newton_schulz_gram`), several times cheaper.
 ``"auto"``
     ``"newton_schulz"`` while tracing a TensorFlow XLA function, otherwise ``"svd"`` when
     ``b d k <= 2**18`` (about 64 x 64: tiny, the exact SVD is as cheap as anything) and
@@ -58,8 +62,21 @@ from keras_featreg.ops import distances
 NUCLEAR_NORM_METHODS = ("auto", "svd", "gram", "newton_schulz")
 FEATURE_REDUCTIONS = ("flatten", "average")
 
-# Quintic coefficients of Jordan et al. (2024), "Muon: an optimizer for hidden layers".
-_FAST_COEFFS = (3.4445, -4.7750, 2.0315)
+# Per-step odd quintics a x + b x^3 + c x^5 of the polar iteration: greedy minimax on the
+# interval [5e-3, 1] and its images (Chen & Chow, 2014; Amsel et al., 2025, "The Polar
+# Express"), from `python tools/make_polar_coefficients.py --lower 5e-3 --steps 6`.
+# sup |1 - f| on [5e-3, 1] after each step: 0.98, 0.91, 0.66, 0.15, 7.1e-4, 7.5e-11.
+_POLAR_COEFFS = (
+    (4.23725454, -12.47402522, 9.23677053),
+    (4.17246018, -11.94093340, 8.76847323),
+    (3.90226332, -9.88240792, 6.98014459),
+    (3.02296900, -4.83673805, 2.81376896),
+    (2.03749559, -1.59679842, 0.55930283),
+    (1.87563562, -1.25127153, 0.37563591),
+)
+# The classical quintic Newton-Schulz map (15 x - 10 x^3 + 3 x^5) / 8: cubic convergence to 1.
+_NS_QUINTIC = (1.875, -1.25, 0.375)
+DEFAULT_POLAR_ITERATIONS = len(_POLAR_COEFFS)
 _AUTO_SVD_MAX_WORK = 2**18
 
 
@@ -142,13 +159,31 @@ def _polar_gram_side(x, wide):
     return ops.matmul(m, x) if wide else ops.matmul(x, m)
 
 
-def polar_newton_schulz(x, fast_iterations=5, refine_iterations=4):
+def _step_coeffs(iterations):
+    """Coefficients of each of ``iterations`` quintic steps (schedule, then the converged map)."""
+    return [_POLAR_COEFFS[i] if i < len(_POLAR_COEFFS) else _NS_QUINTIC for i in range(iterations)]
+
+
+def _unit_frobenius(x):
+    """``x / ||x||_F`` (zero stays zero): the polar factor is unchanged and the fourth powers
+    of the iteration's first step cannot overflow float32 for large activations."""
+    return x / ops.sqrt(ops.maximum(ops.sum(ops.square(x)), 1e-36))
+
+
+def polar_newton_schulz(x, iterations=DEFAULT_POLAR_ITERATIONS):
     """Polar factor ``U V^T`` of ``x`` by matmul-only Newton-Schulz iterations.
+
+    ``X <- a X + b (X X^T) X + c (X X^T)^2 X`` with the per-step coefficients of
+    ``_POLAR_COEFFS`` (greedy minimax quintics on ``[5e-3, 1]``, ``tools/
+    make_polar_coefficients.py``), starting from ``E / ||(E^T E)^2||_F^{1/4}``: that divisor
+    is ``(sum s^8)^{1/8} >= s_1`` (at most ``k^{1/8} s_1``), so every scaled singular value is
+    in ``[0, 1]``, and it costs nothing, since the first step needs ``(E^T E)^2`` anyway.
 
     Args:
         x: ``(b, d)`` matrix.
-        fast_iterations: quintic steps (each grows small singular values 3.44x).
-        refine_iterations: cubic steps ``1.5x - 0.5x^3`` (quadratic convergence to 1).
+        iterations: quintic steps; 6 (the default) converge to 1 within 1e-10 for scaled
+            singular values in ``[5e-3, 1]``; fewer are faster and less accurate; more repeat
+            the classical quintic ``(15 x - 10 x^3 + 3 x^5) / 8``.
     """
     x = ops.stop_gradient(x)
     wide = _wide(x)
@@ -156,56 +191,54 @@ def polar_newton_schulz(x, fast_iterations=5, refine_iterations=4):
         wide = False  # dynamic batch: iterate on the d x d side (always valid)
     if wide:
         x = ops.transpose(x)
+    x = _unit_frobenius(x)
     k = x.shape[1]
     eye = ops.eye(k, dtype=x.dtype)
-    a0 = ops.matmul(ops.transpose(x), x)
-    # ||X^T X||_F^{1/2} = (sum s^4)^{1/4} >= s_1: every scaled singular value is <= 1.
-    scale = ops.sqrt(ops.sqrt(ops.sum(ops.square(a0))))
-    scale = ops.maximum(scale, 1e-18)  # 1e-36 still a normal float32
-    y = x / scale
-    a = a0 / ops.square(scale)
-    ca, cb, cc = _FAST_COEFFS
-    for i in range(fast_iterations + refine_iterations):
+    a = ops.matmul(ops.transpose(x), x)
+    a2 = ops.matmul(a, a)
+    # ||A^2||_F = (sum s^8)^{1/2} >= s_1^4
+    scale2 = ops.sqrt(ops.maximum(ops.sqrt(ops.sum(ops.square(a2))), 1e-36))  # >= s_1^2
+    y = x / ops.sqrt(scale2)
+    a, a2 = a / scale2, a2 / ops.square(scale2)
+    for i, (ca, cb, cc) in enumerate(_step_coeffs(iterations)):
         if i > 0:
             a = ops.matmul(ops.transpose(y), y)
-        if i < fast_iterations:
-            m = ca * eye + cb * a + cc * ops.matmul(a, a)
-        else:
-            m = 1.5 * eye - 0.5 * a
-        y = ops.matmul(y, m)
+            a2 = ops.matmul(a, a)
+        y = ops.matmul(y, ca * eye + cb * a + cc * a2)
     return ops.transpose(y) if wide else y
 
 
-def polar_newton_schulz_gram(x, fast_iterations=5, refine_iterations=4, shift=1e-6):
+def polar_newton_schulz_gram(x, iterations=DEFAULT_POLAR_ITERATIONS, shift=1e-6):
     """Polar factor by Newton-Schulz iterations on the ``k x k`` Gram matrix (``k = min(b, d)``).
 
     Same polynomials as :func:`polar_newton_schulz`, but every step is a ``k x k`` matmul:
     with ``G`` the Gram matrix of the smaller side, ``Y <- T Y T``, ``M <- M T`` where
-    ``T = p(Y)``, and finally ``P = E M / sqrt(||G||_F)``.  Iterating on ``G`` squares the
-    condition number: rounding leaves eigenvalues of order ``-eps`` that the iteration
-    would amplify, so ``Y`` starts at ``G / ||G||_F + shift * I``.  The shift biases a
-    singular value ``s`` by a relative ``shift ||G||_F / (2 s^2)`` (1e-6 relative to the
-    largest eigenvalue scale: below 1e-4 for singular values above 1 % of ``s_1``); true
-    null directions of ``E`` contribute nothing because ``P = E M``.  Several times cheaper
-    than the direct iteration when ``max(b, d) >= 2 min(b, d)``.
+    ``T = p(Y)``, and finally ``P = E M / sqrt(||G^2||_F^{1/2})``.  Iterating on ``G``
+    squares the condition number: rounding leaves eigenvalues of order ``-eps`` that the
+    iteration would amplify, so ``Y`` starts at ``G / ||G^2||_F^{1/2} + shift * I``.  The
+    shift biases a singular value ``s`` by a relative ``shift s_1^2 / (2 s^2)`` at most (below
+    1e-4 for singular values above 1 % of ``s_1``); true null directions of ``E`` contribute
+    nothing because ``P = E M``.  Several times cheaper than the direct iteration when
+    ``max(b, d) >= 2 min(b, d)``.
     """
     x = ops.stop_gradient(x)
     wide = _wide(x)
     if wide is None:
         wide = False
+    x = _unit_frobenius(x)
     gram = ops.matmul(x, ops.transpose(x)) if wide else ops.matmul(ops.transpose(x), x)
     k = gram.shape[0]
     eye = ops.eye(k, dtype=x.dtype)
-    c2 = ops.maximum(ops.sqrt(ops.sum(ops.square(gram))), 1e-36)
+    gram2 = ops.matmul(gram, gram)
+    c2 = ops.sqrt(ops.maximum(ops.sqrt(ops.sum(ops.square(gram2))), 1e-36))  # >= s_1^2
     y = gram / c2 + shift * eye
-    m = eye
-    ca, cb, cc = _FAST_COEFFS
-    for i in range(fast_iterations + refine_iterations):
-        if i < fast_iterations:
-            t = ca * eye + cb * y + cc * ops.matmul(y, y)
-        else:
-            t = 1.5 * eye - 0.5 * y
-        m = ops.matmul(m, t)
+    y2 = gram2 / ops.square(c2) + (2.0 * shift) * gram / c2 + (shift * shift) * eye
+    m = None
+    for i, (ca, cb, cc) in enumerate(_step_coeffs(iterations)):
+        if i > 0:
+            y2 = ops.matmul(y, y)
+        t = ca * eye + cb * y + cc * y2
+        m = t if m is None else ops.matmul(m, t)
         y = ops.matmul(t, ops.matmul(y, t))
         y = 0.5 * (y + ops.transpose(y))
     m = m / ops.sqrt(c2)
@@ -229,13 +262,14 @@ def resolve_method(x, method="auto"):
     return "svd" if b * d * min(b, d) <= _AUTO_SVD_MAX_WORK else "gram"
 
 
-def nuclear_norm(x, method="auto", fast_iterations=5, refine_iterations=4):
+def nuclear_norm(x, method="auto", iterations=DEFAULT_POLAR_ITERATIONS):
     """Nuclear norm ``||E||_* = sum_i s_i`` of a ``(b, d)`` matrix, with its gradient ``U V^T``.
 
     Args:
         x: float ``(b, d)`` tensor.
         method: ``"auto"``, ``"svd"``, ``"gram"`` or ``"newton_schulz"`` (module docstring).
-        fast_iterations, refine_iterations: Newton-Schulz steps (``"newton_schulz"`` only).
+        iterations: Newton-Schulz steps (``"newton_schulz"`` only; see
+            :func:`polar_newton_schulz`).
 
     Returns:
         Scalar tensor.
@@ -250,9 +284,9 @@ def nuclear_norm(x, method="auto", fast_iterations=5, refine_iterations=4):
         polar = _polar_gram(x)
     elif method == "newton_schulz":
         if _rectangular(x):
-            polar = polar_newton_schulz_gram(x, fast_iterations, refine_iterations)
+            polar = polar_newton_schulz_gram(x, iterations)
         else:
-            polar = polar_newton_schulz(x, fast_iterations, refine_iterations)
+            polar = polar_newton_schulz(x, iterations)
     else:
         raise ValueError(
             f"`method` must be one of {list(NUCLEAR_NORM_METHODS)}. Received: method={method!r}"
