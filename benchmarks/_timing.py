@@ -23,6 +23,20 @@ def time_call(fn, repeats=7, warmup=2, budget_s=20.0):
     return statistics.median(times)
 
 
+def fwd_bwd(fn, jit):
+    """``tf.function`` returning ``fn(x)`` and its gradient w.r.t. ``x``, XLA when ``jit``."""
+    import tensorflow as tf
+
+    @tf.function(jit_compile=jit)
+    def step(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = fn(x)
+        return y, tape.gradient(y, x)
+
+    return step
+
+
 def table(rows, headers):
     widths = [max(len(str(h)), *(len(str(r[i])) for r in rows)) for i, h in enumerate(headers)]
     line = "| " + " | ".join(str(h).ljust(w) for h, w in zip(headers, widths)) + " |"

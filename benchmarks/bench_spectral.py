@@ -47,19 +47,8 @@ def naive_covariance(z):
     return ops.sum(ops.square(off)) / z.shape[1]
 
 
-def fwd_bwd(fn, jit):
-    @tf.function(jit_compile=jit)
-    def step(x):
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            y = fn(x)
-        return y, tape.gradient(y, x)
-
-    return step
-
-
 def timed(fn, x, jit, repeats):
-    step = fwd_bwd(fn, jit)
+    step = _timing.fwd_bwd(fn, jit)
     return _timing.time_call(lambda: [t.numpy() for t in step(x)], repeats=repeats, warmup=1)
 
 
@@ -117,7 +106,7 @@ def accuracy(shapes, rows, failures):
             x32 = tf.constant(e.astype("float32"))
             errs = []
             for method in ("svd", "gram", "newton_schulz"):
-                y, g = fwd_bwd(lambda t, m=method: spectral.mean_singular_value(t, m), False)(x32)
+                y, g = _timing.fwd_bwd(lambda t, m=method: spectral.mean_singular_value(t, m), False)(x32)
                 err = abs(float(y) - ref) / ref
                 errs.append(f"{err:.1e}")
                 if name != "rank-one" and err > 1e-3:

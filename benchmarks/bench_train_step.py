@@ -75,15 +75,8 @@ def run(jit_compile, rounds, steps_per_round, batch, skip_naive_xla):
     return rows, {name: statistics.median(ts) / base - 1 for name, ts in times.items()}, 1e3 * base
 
 
-def _median_ms(fn, x, repeats=200):
-    for _ in range(5):
-        [t.numpy() for t in fn(x)]
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        [t.numpy() for t in fn(x)]
-        ts.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(ts)
+def _median_ms(fn, x):
+    return 1e3 * _timing.time_call(lambda: [t.numpy() for t in fn(x)], repeats=200, warmup=5)
 
 
 def floor_rows(jit_compile, step_ms, batch):
@@ -92,20 +85,11 @@ def floor_rows(jit_compile, step_ms, batch):
     x = tf.constant(rng.standard_normal((batch, 128)).astype("float32"))
     reg = SVMax(1.0)
 
-    def fwd_bwd(fn):
-        @tf.function(jit_compile=jit_compile)
-        def f(t):
-            with tf.GradientTape() as tape:
-                tape.watch(t)
-                y = fn(t)
-            return y, tape.gradient(y, t)
-        return f
-
     def plain(fn, jit=jit_compile):
         return tf.function(lambda t: (fn(t),), jit_compile=jit)
 
     overhead = _median_ms(plain(lambda t: tf.reduce_sum(t)), x)
-    overhead_fb = _median_ms(fwd_bwd(lambda t: tf.reduce_sum(t * t)), x)
+    overhead_fb = _median_ms(_timing.fwd_bwd(lambda t: tf.reduce_sum(t * t), jit_compile), x)
     w = tf.constant(rng.standard_normal((128, 128)).astype("float32"))
     chain = 10  # ten dependent matmuls, so one is timed well above the call overhead
     def matmuls(t):
@@ -113,7 +97,7 @@ def floor_rows(jit_compile, step_ms, batch):
             t = tf.matmul(t, w) * 0.05
         return tf.reduce_sum(t)
     costs = {
-        f"SVMax term alone, fwd+bwd ({batch}x128)": _median_ms(fwd_bwd(reg.penalty), x) - overhead_fb,
+        f"SVMax term alone, fwd+bwd ({batch}x128)": _median_ms(_timing.fwd_bwd(reg.penalty, jit_compile), x) - overhead_fb,
         "one 128x128 Gram eigh (no XLA)": _median_ms(
             plain(lambda t: tf.linalg.eigh(tf.matmul(t, t, transpose_a=True))[0], False), x) - overhead,
         f"one {batch}x128x128 matmul": (_median_ms(plain(matmuls), x) - overhead) / chain,
