@@ -78,6 +78,21 @@ def check_choice(name, value, choices):
     return value
 
 
+def class_id_vector(labels, name="labels"):
+    """``labels`` as a 1-D NumPy array: ``(n,)`` or ``(n, 1)`` tensors and arrays accepted."""
+    if not isinstance(labels, (np.ndarray, list, tuple)) and hasattr(labels, "shape"):
+        labels = ops.convert_to_numpy(labels)  # a backend tensor
+    labels = np.asarray(labels)
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if labels.ndim != 1:
+        raise ValueError(
+            f"`{name}` must be a vector of class ids, shape (num_samples,). "
+            f"Received: {name}.shape={labels.shape}"
+        )
+    return labels
+
+
 def static_dim(x, axis):
     """The static size of `x` along `axis`, or None when unknown at trace time."""
     dim = x.shape[axis]

@@ -18,6 +18,8 @@ import os
 
 import numpy as np
 
+from keras_featreg._utils import class_id_vector
+
 __all__ = [
     "class_balanced_dataset",
     "load_digits_split",
@@ -73,14 +75,7 @@ def _check_arrays(x, y):
     import tensorflow as tf
 
     x = tf.nest.map_structure(np.asarray, x)
-    y = np.asarray(y)
-    if y.ndim == 2 and y.shape[1] == 1:
-        y = y[:, 0]
-    if y.ndim != 1:
-        raise ValueError(
-            f"`y` must be a vector of class ids, shape (num_samples,). "
-            f"Received: y.shape={y.shape}"
-        )
+    y = class_id_vector(y, "y")
     for leaf in _leaves(x):
         if leaf.ndim == 0 or leaf.shape[0] != y.shape[0]:
             raise ValueError(

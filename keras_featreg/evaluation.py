@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 import keras
 import numpy as np
 
-from keras_featreg._utils import check_choice
+from keras_featreg._utils import check_choice, class_id_vector
 
 __all__ = [
     "recall_at_k",
@@ -74,16 +74,7 @@ def _check_embeddings(embeddings, name="embeddings"):
 
 def _check_labels(labels, num_samples, name="labels"):
     """Returns `labels` as a 1-D NumPy array of length `num_samples`."""
-    if hasattr(labels, "numpy") or not isinstance(labels, np.ndarray):
-        labels = keras.ops.convert_to_numpy(labels)
-    labels = np.asarray(labels)
-    if labels.ndim == 2 and labels.shape[1] == 1:
-        labels = labels[:, 0]
-    if labels.ndim != 1:
-        raise ValueError(
-            f"`{name}` must be a vector of class ids, shape (num_samples,). "
-            f"Received: {name}.shape={labels.shape}"
-        )
+    labels = class_id_vector(labels, name)
     if labels.shape[0] != num_samples:
         raise ValueError(
             f"`embeddings` and `{name}` must have the same length. Received: "
