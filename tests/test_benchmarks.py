@@ -1,0 +1,55 @@
+"""Smoke tests of the issue-6 benchmark scripts (``benchmarks/``) on tiny shapes.
+
+Timing is not asserted (it belongs in the benchmarks): these tests only keep the scripts
+runnable and check the accuracy section's own pass/fail logic.  The benchmarks time
+``tf.function`` with and without XLA, hence ``tensorflow_only``.
+"""
+
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+pytestmark = pytest.mark.tensorflow_only
+
+
+@pytest.fixture(scope="module")
+def bench():
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import bench_spectral
+        import bench_train_step
+
+        yield bench_spectral, bench_train_step
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
+
+def test_spectral_accuracy_section(bench):
+    bench_spectral, _ = bench
+    rows, failures = [], []
+    bench_spectral.accuracy([(16, 8), (8, 32)], rows, failures)
+    assert failures == []
+    errors = [float(v) for r in rows for v in r[2:] if v]
+    assert len(rows) == 8 and all(0.0 <= e < 1e-3 for e in errors)
+
+
+def test_spectral_speed_section(bench):
+    bench_spectral, _ = bench
+    rows, failures = [], []
+    bench_spectral.speed([(16, 8)], 1, rows, failures)
+    # no XLA: svd, gram, newton_schulz, auto; XLA: newton_schulz; then VICReg twice
+    assert len(rows) == 7
+    assert all(float(r[4]) > 0 for r in rows)
+
+
+def test_train_step_and_floor(bench):
+    _, bench_train_step = bench
+    rows, overhead, step_ms = bench_train_step.run(False, 1, 1, 16, True)
+    assert [r[0] for r in rows] == list(bench_train_step.CONFIGS)
+    assert all(math.isfinite(v) for v in overhead.values()) and step_ms > 0
+    floors = bench_train_step.floor_rows(False, step_ms, 16)
+    assert len(floors) == 3
