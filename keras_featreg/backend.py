@@ -6,7 +6,9 @@ Everything that differs between Keras backends lives here, small and isolated:
   TensorFlow backend (``jit_compile=True``, or Keras's ``"auto"`` on a GPU). TensorFlow's
   XLA lowering of SVD/eigh is a slow Jacobi iteration, so the spectral primitives switch
   to matmul-only iterations there. JAX lowers SVD/eigh to LAPACK (CPU) or cuSOLVER (GPU)
-  even under ``jit``, so it never needs the switch.
+  even under ``jit``.
+* :func:`lapack_threads_compete`: whether a LAPACK decomposition inside a training step slows
+  the rest of the step (JAX on CPU), so that matmul-only iterations are cheaper overall.
 * :func:`keras_divides_activity_regularizers`: Keras >= 3.14 divides whatever an
   ``activity_regularizer`` returns by the batch size; earlier Keras 3 releases do not.
 * Distributed training: :func:`gather_replicas`, :func:`num_replicas_in_sync`,
@@ -37,6 +39,23 @@ def in_xla_context():
     except ImportError:  # pragma: no cover - private TF module moved
         return False
     return bool(control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()))
+
+
+@functools.lru_cache(maxsize=None)
+def lapack_threads_compete():
+    """True on the JAX backend when its default device is a CPU.
+
+    jaxlib runs ``eigh``/``svd`` on CPU through scipy's OpenBLAS, whose worker threads keep
+    spinning after each call and take the cores from XLA's own thread pool, which runs the
+    rest of the step.  Measured on 2 cores (conv net, b = 144, d = 128,
+    ``benchmarks/bench_train_step.py``): SVMax with the Gram eigh cost +27.6 % of the step
+    (+6.2 % with ``OPENBLAS_NUM_THREADS=1``), the matmul-only Newton-Schulz path +8.4 %.
+    """
+    if backend_name() != "jax":
+        return False
+    import jax
+
+    return jax.default_backend() == "cpu"
 
 
 def _parse_version(text):

@@ -292,3 +292,20 @@ def test_fit_mixed_float16(reg, rng):
         assert all(keras.backend.standardize_dtype(v.dtype) == "float32" for v in model.losses)
     finally:
         keras.config.set_dtype_policy("float32")
+
+
+def test_auto_method_by_backend_and_size():
+    import keras
+
+    from keras_featreg.ops import spectral
+
+    tiny, mid = ops.ones((16, 8)), ops.ones((144, 128))
+    assert spectral.resolve_method(tiny, "auto") == "svd"
+    expected = "gram"
+    if keras.backend.backend() == "jax":
+        import jax
+
+        # LAPACK on CPU goes through OpenBLAS threads that compete with the step
+        expected = "newton_schulz" if jax.default_backend() == "cpu" else "gram"
+    assert spectral.resolve_method(mid, "auto") == expected
+    assert spectral.resolve_method(mid, "svd") == "svd"

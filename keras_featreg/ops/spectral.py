@@ -47,9 +47,11 @@ Nuclear-norm methods (``method=``):
     rank-one embeddings.  When ``max(b, d) >= 2 min(b, d)`` the same iteration runs on the
     ``k x k`` Gram matrix (:func:`polar_newton_schulz_gram`), several times cheaper.
 ``"auto"``
-    ``"newton_schulz"`` while tracing a TensorFlow XLA function, otherwise ``"svd"`` when
-    ``b d k <= 2**18`` (about 64 x 64: tiny, the exact SVD is as cheap as anything) and
-    ``"gram"`` above.
+    ``"newton_schulz"`` while tracing a TensorFlow XLA function; otherwise ``"svd"`` when
+    ``b d k <= 2**18`` (about 64 x 64: tiny, the exact SVD is as cheap as anything), and
+    above that ``"newton_schulz"`` on JAX with a CPU device (LAPACK's OpenBLAS threads
+    compete with the rest of the step there, see
+    :func:`keras_featreg.backend.lapack_threads_compete`) and ``"gram"`` elsewhere.
 """
 
 import math
@@ -257,9 +259,9 @@ def resolve_method(x, method="auto"):
     if _backend.in_xla_context():
         return "newton_schulz"
     b, d = _dims(x)
-    if b is None or d is None:
-        return "gram"
-    return "svd" if b * d * min(b, d) <= _AUTO_SVD_MAX_WORK else "gram"
+    if b is not None and d is not None and b * d * min(b, d) <= _AUTO_SVD_MAX_WORK:
+        return "svd"
+    return "newton_schulz" if _backend.lapack_threads_compete() else "gram"
 
 
 def nuclear_norm(x, method="auto", iterations=DEFAULT_POLAR_ITERATIONS):
