@@ -17,6 +17,7 @@ Everything that differs between Keras backends lives here, small and isolated:
 """
 
 import functools
+import os
 import threading
 
 import keras
@@ -41,18 +42,30 @@ def in_xla_context():
     return bool(control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()))
 
 
+_BLAS_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_NUM_THREADS")
+
+
 @functools.lru_cache(maxsize=None)
 def lapack_threads_compete():
-    """True on the JAX backend when its default device is a CPU.
+    """True on the JAX backend with a CPU default device, unless OpenBLAS is single-threaded.
 
     jaxlib runs ``eigh``/``svd`` on CPU through scipy's OpenBLAS, whose worker threads keep
     spinning after each call and take the cores from XLA's own thread pool, which runs the
     rest of the step.  Measured on 2 cores (conv net, b = 144, d = 128,
-    ``benchmarks/bench_train_step.py``): SVMax with the Gram eigh cost +27.6 % of the step
-    (+6.2 % with ``OPENBLAS_NUM_THREADS=1``), the matmul-only Newton-Schulz path +8.4 %.
+    ``benchmarks/bench_train_step.py``, ``results/bench_train_step_jax.txt``): SVMax with the
+    Gram eigh cost +30.9 % of the step, the matmul-only Newton-Schulz path +9.1 %, and the
+    Gram eigh with ``OPENBLAS_NUM_THREADS=1`` +4.5 %.  So the first of
+    ``OPENBLAS_NUM_THREADS``, ``GOTO_NUM_THREADS``, ``OMP_NUM_THREADS`` that is set (the order
+    in which OpenBLAS reads them) equal to 1 makes this False.  Read once, at first use.
     """
     if backend_name() != "jax":
         return False
+    for name in _BLAS_THREAD_VARIABLES:
+        value = os.environ.get(name, "").strip()
+        if value:
+            if value == "1":
+                return False
+            break
     import jax
 
     return jax.default_backend() == "cpu"

@@ -294,18 +294,26 @@ def test_fit_mixed_float16(reg, rng):
         keras.config.set_dtype_policy("float32")
 
 
-def test_auto_method_by_backend_and_size():
+def test_auto_method_by_backend_and_size(monkeypatch):
     import keras
 
+    from keras_featreg import backend
     from keras_featreg.ops import spectral
 
     tiny, mid = ops.ones((16, 8)), ops.ones((144, 128))
-    assert spectral.resolve_method(tiny, "auto") == "svd"
-    expected = "gram"
+    on_jax_cpu = False
     if keras.backend.backend() == "jax":
         import jax
 
-        # LAPACK on CPU goes through OpenBLAS threads that compete with the step
-        expected = "newton_schulz" if jax.default_backend() == "cpu" else "gram"
-    assert spectral.resolve_method(mid, "auto") == expected
-    assert spectral.resolve_method(mid, "svd") == "svd"
+        on_jax_cpu = jax.default_backend() == "cpu"
+    for threads, expected in [("1", "gram"), ("2", "newton_schulz" if on_jax_cpu else "gram")]:
+        for name in backend._BLAS_THREAD_VARIABLES:
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("OPENBLAS_NUM_THREADS", threads)
+        backend.lapack_threads_compete.cache_clear()
+        try:
+            assert spectral.resolve_method(tiny, "auto") == "svd"
+            assert spectral.resolve_method(mid, "auto") == expected
+            assert spectral.resolve_method(mid, "svd") == "svd"
+        finally:
+            backend.lapack_threads_compete.cache_clear()
