@@ -89,6 +89,11 @@ def setup(args, script):
     print(f"[{script}] keras {keras.__version__}, backend={keras.backend.backend()}, "
           f"dtype policy={keras.config.dtype_policy().name}")
     print(f"[{script}] {describe_device()}")
+    from keras_featreg.backend import lapack_threads_compete
+
+    if lapack_threads_compete():
+        print(f"[{script}] note: JAX on CPU with multi-threaded OpenBLAS: SVMax uses Newton-Schulz; "
+              "OPENBLAS_NUM_THREADS=1 makes it use the exact, cheaper Gram eigh (README, 'Speed')")
     return args.out
 
 
