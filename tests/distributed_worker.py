@@ -106,6 +106,17 @@ def fit_one_step(model, weights, x, y, loss="mse"):
 
 # ---- TensorFlow: MirroredStrategy over two logical CPU devices ------------------------
 
+def single_device_run(cross_replica):
+    """One device: initial weights, float64 formula references, one fit step's loss and weights."""
+    single_model = build_model(cross_replica)
+    weights = single_model.get_weights()
+    refs = model_reference(weights, INPUTS.astype(np.float64), TARGETS.astype(np.float64))
+    single_model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse")
+    single_loss = single_model.fit(INPUTS, TARGETS, batch_size=BATCH, shuffle=False,
+                                   verbose=0).history["loss"][0]
+    return weights, refs, single_loss, single_model.get_weights()
+
+
 def tf_checks():
     strategy = tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(REPLICAS)])
     share = BATCH // REPLICAS
@@ -166,13 +177,7 @@ def tf_checks():
     RESULTS["grad/vicreg_loss"] = maxdiff(grads["vicreg_loss"], ref_grad)
 
     # 2. A model with all three regularizers attached: evaluate, one fit step, training.
-    single_model = build_model(True)
-    weights = single_model.get_weights()
-    refs = model_reference(weights, INPUTS.astype(np.float64), TARGETS.astype(np.float64))
-    single_model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse")
-    single_loss = single_model.fit(INPUTS, TARGETS, batch_size=BATCH, shuffle=False,
-                                   verbose=0).history["loss"][0]
-    single_weights = single_model.get_weights()
+    weights, refs, single_loss, single_weights = single_device_run(True)
     RESULTS["single/loss_vs_formula"] = abs(single_loss - refs["global"])
     with strategy.scope():
         model = build_model(True)
@@ -256,13 +261,7 @@ def jax_checks():
     # 2. model.evaluate / one fit step, single device vs DataParallel, regularizers without
     # cross_replica.  A probe records how the regularized activations are laid out inside
     # the jitted step (PartitionSpec('batch'): sharded, one global array).
-    single_model = build_model(False)
-    weights = single_model.get_weights()
-    refs = model_reference(weights, INPUTS.astype(np.float64), TARGETS.astype(np.float64))
-    single_model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse")
-    single_loss = single_model.fit(INPUTS, TARGETS, batch_size=BATCH, shuffle=False,
-                                   verbose=0).history["loss"][0]
-    single_weights = single_model.get_weights()
+    weights, refs, single_loss, single_weights = single_device_run(False)
     RESULTS["jax/single/loss_vs_formula"] = abs(single_loss - refs["global"])
     RESULTS["jax/global_vs_per_replica_gap"] = abs(refs["global"] - refs["per_replica_mean"])
 
