@@ -169,7 +169,7 @@ def _step_coeffs(iterations):
 def _unit_frobenius(x):
     """``x / ||x||_F`` (zero stays zero): the polar factor is unchanged and the fourth powers
     of the iteration's first step cannot overflow float32 for large activations."""
-    return x / ops.sqrt(ops.maximum(ops.sum(ops.square(x)), 1e-36))
+    return x / ops.maximum(frobenius_norm(x), 1e-18)
 
 
 def polar_newton_schulz(x, iterations=DEFAULT_POLAR_ITERATIONS):
