@@ -166,10 +166,23 @@ def _step_coeffs(iterations):
     return [_POLAR_COEFFS[i] if i < len(_POLAR_COEFFS) else _NS_QUINTIC for i in range(iterations)]
 
 
-def _unit_frobenius(x):
-    """``x / ||x||_F`` (zero stays zero): the polar factor is unchanged and the fourth powers
-    of the iteration's first step cannot overflow float32 for large activations."""
-    return x / ops.maximum(frobenius_norm(x), 1e-18)
+def _scaled_gram(x):
+    """Shared start of both Newton-Schulz forms.
+
+    Returns ``(x, wide, G / c, G^2 / c^2, c)``: ``x`` divided by ``||x||_F`` (the polar factor
+    is unchanged, and the fourth powers below cannot overflow float32 for large activations;
+    zero stays zero), ``wide`` (the Gram matrix is of the rows; False for a dynamic batch, the
+    d x d side is always valid), ``G`` that Gram matrix of the smaller side, and
+    ``c = ||G^2||_F^{1/2} = (sum s^8)^{1/4} >= s_1^2``, so the eigenvalues of ``G / c`` are in
+    ``[0, 1]``.
+    """
+    x = ops.stop_gradient(x)
+    wide = bool(_wide(x))
+    x = x / ops.maximum(frobenius_norm(x), 1e-18)
+    gram = ops.matmul(x, ops.transpose(x)) if wide else ops.matmul(ops.transpose(x), x)
+    gram2 = ops.matmul(gram, gram)
+    c = ops.sqrt(ops.maximum(ops.sqrt(ops.sum(ops.square(gram2))), 1e-36))
+    return x, wide, gram / c, gram2 / ops.square(c), c
 
 
 def polar_newton_schulz(x, iterations=DEFAULT_POLAR_ITERATIONS):
@@ -187,21 +200,12 @@ def polar_newton_schulz(x, iterations=DEFAULT_POLAR_ITERATIONS):
             singular values in ``[5e-3, 1]``; fewer are faster and less accurate; more repeat
             the classical quintic ``(15 x - 10 x^3 + 3 x^5) / 8``.
     """
-    x = ops.stop_gradient(x)
-    wide = _wide(x)
-    if wide is None:
-        wide = False  # dynamic batch: iterate on the d x d side (always valid)
+    x, wide, a, a2, c2 = _scaled_gram(x)
     if wide:
         x = ops.transpose(x)
-    x = _unit_frobenius(x)
     k = x.shape[1]
     eye = ops.eye(k, dtype=x.dtype)
-    a = ops.matmul(ops.transpose(x), x)
-    a2 = ops.matmul(a, a)
-    # ||A^2||_F = (sum s^8)^{1/2} >= s_1^4
-    scale2 = ops.sqrt(ops.maximum(ops.sqrt(ops.sum(ops.square(a2))), 1e-36))  # >= s_1^2
-    y = x / ops.sqrt(scale2)
-    a, a2 = a / scale2, a2 / ops.square(scale2)
+    y = x / ops.sqrt(c2)
     for i, (ca, cb, cc) in enumerate(_step_coeffs(iterations)):
         if i > 0:
             a = ops.matmul(ops.transpose(y), y)
@@ -223,18 +227,11 @@ def polar_newton_schulz_gram(x, iterations=DEFAULT_POLAR_ITERATIONS, shift=1e-6)
     nothing because ``P = E M``.  Several times cheaper than the direct iteration when
     ``max(b, d) >= 2 min(b, d)``.
     """
-    x = ops.stop_gradient(x)
-    wide = _wide(x)
-    if wide is None:
-        wide = False
-    x = _unit_frobenius(x)
-    gram = ops.matmul(x, ops.transpose(x)) if wide else ops.matmul(ops.transpose(x), x)
-    k = gram.shape[0]
+    x, wide, g, g2, c2 = _scaled_gram(x)
+    k = g.shape[0]
     eye = ops.eye(k, dtype=x.dtype)
-    gram2 = ops.matmul(gram, gram)
-    c2 = ops.sqrt(ops.maximum(ops.sqrt(ops.sum(ops.square(gram2))), 1e-36))  # >= s_1^2
-    y = gram / c2 + shift * eye
-    y2 = gram2 / ops.square(c2) + (2.0 * shift) * gram / c2 + (shift * shift) * eye
+    y = g + shift * eye
+    y2 = g2 + (2.0 * shift) * g + (shift * shift) * eye
     m = None
     for i, (ca, cb, cc) in enumerate(_step_coeffs(iterations)):
         if i > 0:
