@@ -12,6 +12,11 @@ Conventions shared by `recall_at_k` and `map_at_r`:
   which gives the same ranking as Euclidean), ``"cosine"`` (rows L2-normalized
   first; for L2-normalized embeddings this is the same ranking as Euclidean) or
   ``"inner_product"`` (larger dot product = closer).
+* Distances use the algorithm of :func:`keras_featreg.ops.distances.squared_euclidean_matrix`
+  (centred expansion; entries within its rounding bound are exactly 0), so duplicates
+  are at distance exactly 0 on every CPU and tie with each other; the exact recomputation
+  of near pairs is left out here (it changes only the order of pairs closer than the
+  bound, about ``sqrt(2 gamma_{d+2})`` times the spread of the data).
 * Ties are broken pessimistically: a different-label sample at exactly the same
   distance as a same-label one is ranked first. Collapsed (all-equal) embeddings
   therefore score 0, never 1.
@@ -29,6 +34,7 @@ import keras
 import numpy as np
 
 from keras_featreg._utils import check_choice, class_id_vector
+from keras_featreg.ops.distances import expansion_error_coefficient
 
 __all__ = [
     "recall_at_k",
@@ -146,24 +152,37 @@ class _Prepared:
         self.class_counts = np.diff(np.r_[self.class_starts, len(self.codes)])
         self.n = x.shape[0]
         self.dtype = x.dtype
-        if metric == "euclidean":
-            # Centring is free (translation invariance) and keeps the expansion
-            # |a|² + |b|² - 2a·b accurate when the cloud sits far from the origin.
-            x = x - x.mean(axis=0, dtype=np.float64).astype(x.dtype)
-            sq = np.einsum("ij,ij->i", x, x)
-            ones = np.ones_like(sq)
-            self.left = np.concatenate([x, ones[:, None], sq[:, None]], axis=1)
-            self.right = np.concatenate([-2 * x, sq[:, None], ones[:, None]], axis=1)
-        else:
+        self.sq = None
+        if metric in ("euclidean", "cosine"):
+            zero_rows = np.zeros(self.n, dtype=x.dtype)
             if metric == "cosine":
+                # 1 - cos = |x^ - y^|^2 / 2 for unit rows (plus 1/2 per all-zero row, whose
+                # cosine is 0): the squared-Euclidean algorithm on normalized rows, as in
+                # keras_featreg.ops.distances.pairwise_distances.
                 norms = np.linalg.norm(x, axis=1, keepdims=True)
+                zero_rows = (norms[:, 0] == 0).astype(x.dtype)
                 x = x / np.where(norms > 0, norms, 1).astype(x.dtype)
+            # The algorithm of keras_featreg.ops.distances.squared_euclidean_matrix: centre
+            # (translation invariance), expand |a|^2 + |b|^2 - 2 a.b, and set every entry
+            # within the expansion's rounding bound c (|a|^2 + |b|^2) to exactly 0.
+            x = x - x.mean(axis=0, dtype=np.float64).astype(x.dtype)
+            self.sq = np.einsum("ij,ij->i", x, x)
+            self.coefficient = expansion_error_coefficient(x.shape[1], x.dtype)
+            ones = np.ones_like(self.sq)
+            self.left = np.concatenate([x, ones[:, None], (self.sq + zero_rows)[:, None]], axis=1)
+            self.right = np.concatenate([-2 * x, (self.sq + zero_rows)[:, None], ones[:, None]],
+                                        axis=1)
+        else:
             self.left = np.ascontiguousarray(x)
             self.right = np.ascontiguousarray(-x)
 
     def block(self, rows, cols):
         """The (rows × cols) block of D."""
-        return self.left[rows] @ self.right[cols].T
+        d = self.left[rows] @ self.right[cols].T
+        if self.sq is not None:
+            bound = self.coefficient * (self.sq[rows][:, None] + self.sq[cols][None, :])
+            d[d <= bound] = 0.0
+        return d
 
     def unsort(self, sorted_values):
         """Maps per-sample values computed in sorted order back to input order."""

@@ -8,6 +8,7 @@ Half-precision inputs (float16, bfloat16) are computed in float32; float64 stays
 """
 
 import keras
+import numpy as np
 from keras import ops
 
 from keras_featreg import _utils
@@ -114,6 +115,170 @@ def _off_diagonal(n, dtype):
     return ops.cast(ops.not_equal(ops.expand_dims(idx, 1), ops.expand_dims(idx, 0)), dtype)
 
 
+# How many entries per row `squared_euclidean_matrix` recomputes exactly (the ones with
+# the most cancellation in the expansion). Static, so the computation compiles under XLA.
+REFINED_PER_ROW = 8
+
+
+def unit_roundoff(dtype):
+    """Unit roundoff ``u = eps / 2`` of a float dtype (``2**-24`` for float32).
+
+    Example:
+
+    >>> from keras_featreg.ops.distances import unit_roundoff
+    >>> unit_roundoff("float32") == 2.0**-24, unit_roundoff("float64") == 2.0**-53
+    (True, True)
+    """
+    return float(np.finfo(keras.backend.standardize_dtype(dtype)).eps) / 2.0
+
+
+def expansion_error_coefficient(num_features, dtype):
+    """``c`` such that the expansion ``|x|^2 + |y|^2 - 2<x, y>`` is within ``c (|x|^2 + |y|^2)``.
+
+    The classical rounding bound of a dot product of length ``k`` in any summation order,
+    fused multiply-adds or not, is ``gamma_k = k u / (1 - k u)`` times ``sum |x_i y_i|``
+    (Higham, *Accuracy and Stability of Numerical Algorithms*, 2nd ed., eq. 3.5). The three
+    terms of the expansion sum to at most ``2 (|x|^2 + |y|^2)`` in magnitude, and two more
+    additions are rounded, so ``c = 2 gamma_{d + 2}``. The bound holds on every CPU and
+    BLAS (it assumes nothing about the order of the sum), but not for matrix products run
+    in reduced precision (TF32 on NVIDIA GPUs): there the refined entries are still exact.
+
+    Args:
+        num_features: the length ``d`` of the rows.
+        dtype: the float dtype of the computation.
+
+    Example:
+
+    >>> from keras_featreg.ops.distances import expansion_error_coefficient
+    >>> round(expansion_error_coefficient(128, "float32") / 2.0**-24, 1)
+    260.0
+    """
+    k = int(num_features) + 2
+    ku = k * unit_roundoff(dtype)
+    return 2.0 * ku / (1.0 - ku)
+
+
+def _centre(x, y):
+    """Subtracts one common point (the mean of all rows) from `x` and `y`.
+
+    Distances are translation invariant, and centring shrinks the norms that the
+    expansion's rounding error scales with (a collapsed cloud far from the origin has
+    tiny centred norms). The centre is a constant for the gradient: the distance does not
+    depend on it, so its derivative through the centre is exactly zero.
+    """
+    rows = x if y is None else ops.concatenate([x, y], axis=0)
+    centre = ops.stop_gradient(ops.mean(rows, axis=0, keepdims=True))
+    return x - centre, (None if y is None else y - centre)
+
+
+def _scatter_rows(matrix, columns, values):
+    """``matrix`` with ``matrix[i, columns[i, k]] = values[i, k]`` (distinct per row)."""
+    n, k = ops.shape(columns)[0], ops.shape(columns)[1]
+    rows = ops.repeat(ops.expand_dims(ops.arange(n, dtype="int32"), 1), k, axis=1)
+    indices = ops.stack([rows, ops.cast(columns, "int32")], axis=-1)
+    return ops.scatter_update(matrix, ops.reshape(indices, (-1, 2)), ops.reshape(values, (-1,)))
+
+
+def _refine(squared, x, y, ratio, refine):
+    """Replaces the `refine` entries of each row with the smallest `ratio` by the exact
+    ``sum_k (x_ik - y_jk)^2`` (a gather of `refine` rows of `y` per row of `x`)."""
+    m_static = _utils.static_dim(y, 0)
+    if m_static is not None and m_static <= refine:
+        refine, padding = m_static, 0
+    else:
+        padding = 0 if m_static is not None else refine
+    if padding:
+        # Unknown number of columns at trace time: pad with `refine` dummy columns that are
+        # chosen last, so that top_k always has enough distinct candidates.
+        m = ops.shape(y)[0]
+        squared = ops.pad(squared, [[0, 0], [0, padding]])
+        ratio = ops.pad(ratio, [[0, 0], [0, padding]], constant_values=float("inf"))
+        y = ops.pad(y, [[0, padding], [0, 0]])
+    _, columns = ops.top_k(-ops.stop_gradient(ratio), k=refine, sorted=False)
+    partners = ops.take(y, ops.reshape(columns, (-1,)), axis=0)
+    partners = ops.reshape(partners, (ops.shape(x)[0], refine, ops.shape(x)[1]))
+    exact = ops.sum(ops.square(ops.expand_dims(x, 1) - partners), axis=-1)
+    squared = _scatter_rows(squared, columns, exact)
+    if padding:
+        squared = squared[:, :m]
+    return squared
+
+
+def squared_euclidean_matrix(x, y=None, refine=REFINED_PER_ROW):
+    """Matrix of squared Euclidean distances ``||x_i - y_j||^2``, exact where it matters.
+
+    The one distance primitive of keras-featreg (losses, miners and, in NumPy, the
+    retrieval evaluation use this algorithm). Three steps:
+
+    1. Centre both sets on their common mean (distances are translation invariant).
+    2. Expand ``|x_i|^2 + |y_j|^2 - 2 <x_i, y_j>`` (one matmul, O(n m) memory). Its
+       rounding error is at most ``c (|x_i|^2 + |y_j|^2)`` with
+       ``c = expansion_error_coefficient(d, dtype)`` (``2 gamma_{d+2}``); an entry within
+       that bound is indistinguishable from 0 and **is** 0.
+    3. In each row, the `refine` entries with the most cancellation (smallest expansion
+       relative to ``|x_i|^2 + |y_j|^2``: the near pairs) are recomputed as
+       ``sum_k (x_ik - y_jk)^2`` from the differences of the input rows (exact for rows
+       within a factor 2 of each other, Sterbenz's lemma).
+
+    So identical rows give exactly 0 (the difference of equal floats is 0), with a zero
+    gradient, on every CPU, backend and compiler; small distances keep the relative
+    accuracy of the inputs (unit rows at distance 1e-2: relative error ~1e-7 in float32,
+    where the expansion alone has ~1e-3); large distances carry the expansion's error,
+    relative ``c (|x_i|^2 + |y_j|^2) / D_ij``. A row with more than `refine` near partners
+    has its other near entries from step 2 (within the bound, 0 below it).
+
+    Args:
+        x: float tensor of shape `(n, d)`.
+        y: optional float tensor of shape `(m, d)`. Defaults to `x`; the diagonal is then 0.
+        refine: entries per row recomputed exactly (static). Defaults to 8.
+
+    Returns:
+        Tensor of shape `(n, m)`, float32 for half-precision inputs.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras_featreg.ops.distances import squared_euclidean_matrix
+    >>> x = np.array([[1.0, 2.0], [1.0, 2.0], [4.0, 6.0]], "float32")
+    >>> np.asarray(squared_euclidean_matrix(x)).tolist()
+    [[0.0, 0.0, 25.0], [0.0, 0.0, 25.0], [25.0, 25.0, 0.0]]
+    """
+    x = _as_matrix(x, "x")
+    self_distances = y is None
+    if not self_distances:
+        y = _as_matrix(y, "y")
+        x, y = _same_dtype(x, y)
+        _check_same_features(x, y)
+    refine = int(refine)
+    if refine < 0:
+        raise ValueError(f"`refine` must be >= 0. Received: refine={refine}")
+    xc, yc = _centre(x, y)
+    y, yc = (x, xc) if self_distances else (y, yc)
+    norms = (ops.expand_dims(ops.sum(ops.square(xc), axis=1), 1)
+             + ops.expand_dims(ops.sum(ops.square(yc), axis=1), 0))
+    expansion = norms - 2.0 * ops.matmul(xc, ops.transpose(yc))
+    d = _utils.static_dim(x, 1)
+    bound = expansion_error_coefficient(d if d is not None else 1024, x.dtype) * norms
+    squared = ops.where(ops.greater(expansion, bound), expansion, ops.zeros_like(expansion))
+    if refine:
+        ratio = expansion / ops.maximum(norms, ops.cast(np.finfo(np.float32).tiny, x.dtype))
+        # Differences of the inputs themselves: exact for near rows (Sterbenz), where the
+        # centred rows carry the centring's rounding.
+        squared = _refine(squared, x, y, ratio, refine)
+    if self_distances:
+        squared = squared * _off_diagonal(ops.shape(x)[0], squared.dtype)
+    return squared
+
+
+def _check_same_features(x, y):
+    dx, dy = _utils.static_dim(x, 1), _utils.static_dim(y, 1)
+    if dx is not None and dy is not None and dx != dy:
+        raise ValueError(
+            "`x` and `y` must have the same number of features (columns). "
+            f"Received: x.shape={tuple(x.shape)}, y.shape={tuple(y.shape)}"
+        )
+
+
 def pairwise_distances(x, y=None, metric="euclidean"):
     """Matrix of pairwise distances between the rows of `x` and the rows of `y`.
 
@@ -121,15 +286,17 @@ def pairwise_distances(x, y=None, metric="euclidean"):
 
     * ``"euclidean"``: ``D[i, j] = ||x_i - y_j||_2``
     * ``"squared_euclidean"``: ``D[i, j] = ||x_i - y_j||_2^2``
-    * ``"cosine"``: ``D[i, j] = 1 - cos(x_i, y_j)`` in [0, 2] (rows L2-normalized first;
-      same as tensorflow-addons' ``"angular"`` metric)
+    * ``"cosine"``: ``D[i, j] = 1 - cos(x_i, y_j)`` in [0, 2] (same as tensorflow-addons'
+      ``"angular"`` metric), computed as ``||x^_i - y^_j||^2 / 2`` of the L2-normalized
+      rows (plus 1/2 for each all-zero row, whose cosine is 0)
 
-    The squared distances come from ``||x_i||^2 + ||y_j||^2 - 2 <x_i, y_j>`` (one matmul,
-    O(n m) memory), clipped at 0 against rounding. The Euclidean square root is taken as
+    All three come from :func:`squared_euclidean_matrix`: identical rows give exactly 0
+    with a zero gradient on every CPU and backend, near pairs are computed from the
+    differences of the rows (exact to the inputs' precision), entries within the
+    expansion's rounding bound of 0 are 0. The Euclidean square root is taken as
     ``sqrt(d2 + eps * [d2 == 0]) * [d2 > 0]``: exactly 0 at zero distance **with a zero,
     finite gradient** there (``sqrt`` alone has an infinite derivative at 0). When `y` is
-    omitted the diagonal is set to exactly 0. This is the algorithm of
-    ``tfa.losses.metric_learning.pairwise_distance``.
+    omitted the diagonal is exactly 0.
 
     Args:
         x: float tensor of shape `(n, d)`.
@@ -141,8 +308,8 @@ def pairwise_distances(x, y=None, metric="euclidean"):
         Tensor of shape `(n, m)`, float32 for half-precision inputs.
 
     Raises:
-        ValueError: for an unknown `metric`, an integer input or an input that is not
-            rank 2.
+        ValueError: for an unknown `metric`, an integer input, an input that is not
+            rank 2, or `x` and `y` with different numbers of columns.
 
     Example:
 
@@ -157,21 +324,24 @@ def pairwise_distances(x, y=None, metric="euclidean"):
     _utils.check_choice("metric", metric, METRICS)
     x = _as_matrix(x, "x")
     self_distances = y is None
-    y = x if self_distances else _as_matrix(y, "y")
-    x, y = _same_dtype(x, y)
+    if not self_distances:
+        y = _as_matrix(y, "y")
+        x, y = _same_dtype(x, y)
 
     if metric == "cosine":
-        distances = ops.maximum(1.0 - cosine_similarity_matrix(x, y), 0.0)
+        x_unit = l2_normalize(x)
+        y_unit = None if self_distances else l2_normalize(y)
+        distances = 0.5 * squared_euclidean_matrix(x_unit, y_unit)
+        # An all-zero row stays zero under l2_normalize: its cosine with anything is 0.
+        x_zero = ops.cast(ops.all(ops.equal(x, 0.0), axis=1), distances.dtype)
+        y_zero = x_zero if self_distances else ops.cast(
+            ops.all(ops.equal(y, 0.0), axis=1), distances.dtype)
+        distances = distances + 0.5 * (ops.expand_dims(x_zero, 1) + ops.expand_dims(y_zero, 0))
         if self_distances:
             distances = distances * _off_diagonal(ops.shape(x)[0], distances.dtype)
         return distances
 
-    x_sq = ops.sum(ops.square(x), axis=1, keepdims=True)  # (n, 1)
-    y_sq = ops.sum(ops.square(y), axis=1, keepdims=True)  # (m, 1)
-    squared = x_sq + ops.transpose(y_sq) - 2.0 * ops.matmul(x, ops.transpose(y))
-    squared = ops.maximum(squared, 0.0)
-    if self_distances:
-        squared = squared * _off_diagonal(ops.shape(x)[0], squared.dtype)
+    squared = squared_euclidean_matrix(x, y)
     if metric == "squared_euclidean":
         return squared
     return safe_sqrt(squared)
