@@ -198,6 +198,13 @@ def _refine(squared, x, y, ratio, refine):
     partners = ops.take(y, ops.reshape(columns, (-1,)), axis=0)
     partners = ops.reshape(partners, (ops.shape(x)[0], refine, ops.shape(x)[1]))
     exact = ops.sum(ops.square(ops.expand_dims(x, 1) - partners), axis=-1)
+    # Rows closer than a few units of roundoff of their norms are the same point written
+    # twice (e.g. an XLA fusion that recomputes a normalization with another rsqrt
+    # rounding): exactly 0, with a zero gradient.
+    resolution = (4.0 * unit_roundoff(x.dtype)) ** 2 * (
+        ops.expand_dims(ops.sum(ops.square(x), axis=1), 1) + ops.sum(ops.square(partners), axis=-1)
+    )
+    exact = ops.where(ops.greater(exact, resolution), exact, ops.zeros_like(exact))
     squared = _scatter_rows(squared, columns, exact)
     if padding:
         squared = squared[:, :m]
@@ -220,8 +227,10 @@ def squared_euclidean_matrix(x, y=None, refine=REFINED_PER_ROW):
        ``sum_k (x_ik - y_jk)^2`` from the differences of the input rows (exact for rows
        within a factor 2 of each other, Sterbenz's lemma).
 
-    So identical rows give exactly 0 (the difference of equal floats is 0), with a zero
-    gradient, on every CPU, backend and compiler; small distances keep the relative
+    A refined entry at most ``(4 u)^2 (|x_i|^2 + |y_j|^2)`` (``u`` the unit roundoff:
+    rows equal to a few roundings of their norm, e.g. one normalization rounded twice by
+    a compiler) is 0 as well. So identical rows give exactly 0 with a zero gradient, on
+    every CPU, backend and compiler; small distances keep the relative
     accuracy of the inputs (unit rows at distance 1e-2: relative error ~1e-7 in float32,
     where the expansion alone has ~1e-3); large distances carry the expansion's error,
     relative ``c (|x_i|^2 + |y_j|^2) / D_ij``. A row with more than `refine` near partners
