@@ -1,11 +1,23 @@
-"""Shared timing helpers for the benchmarks (TensorFlow backend)."""
+"""Shared helpers for the benchmarks (TensorFlow backend): environment and timing.
+
+Importing this module is cheap (standard library only). It sets ``KERAS_BACKEND=tensorflow``
+unless set and, through examples/_common.py, ``TF_CPP_MIN_LOG_LEVEL=3``; the benchmarks parse
+their command line first, then load Keras and TensorFlow with :func:`import_keras`, which
+keeps TensorFlow's native start-up lines (absl, oneDNN, CUDA) off stderr.
+"""
 
 import os
 import statistics
+import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+_EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
+if _EXAMPLES not in sys.path:
+    sys.path.append(_EXAMPLES)
+
+from _common import import_keras, native_stderr_filtered  # noqa: E402,F401
 
 
 def time_call(fn, repeats=7, warmup=2, budget_s=20.0):

@@ -24,9 +24,10 @@ import tracemalloc
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.append(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples"))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from keras_featreg.evaluation import recall_at_k  # noqa: E402
+import _common  # noqa: E402  (standard library only; Keras is loaded after parsing the flags)
 
 KS = (1, 2, 4, 8)
 TIME_TARGET_S = 10.0
@@ -122,6 +123,8 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--chunk-size", type=int, default=2048)
     args = parser.parse_args(argv)
+    _common.import_keras(tensorflow=False)  # without TensorFlow's native start-up lines
+    from keras_featreg.evaluation import recall_at_k
 
     print(f"CPUs: {os.cpu_count()}, load average at start: "
           f"{' '.join(f'{v:.2f}' for v in os.getloadavg())}, numpy {np.__version__}")

@@ -18,13 +18,27 @@ import argparse
 import math
 import sys
 
-import _timing  # noqa: F401  (sets the backend)
-import numpy as np
-import tensorflow as tf
-from keras import ops
+import _timing  # noqa: I001  (environment first; standard library only)
 
-from keras_featreg.ops import moments, spectral
-from keras_featreg.regularizers import SVMax
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="two small shapes only")
+    parser.add_argument("--repeats", type=int, default=5)
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    parse_args(sys.argv[1:])  # --help and bad flags exit here, before TensorFlow is loaded
+
+_timing.import_keras()  # TensorFlow and Keras, without TensorFlow's native start-up lines
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from keras import ops  # noqa: E402
+
+from keras_featreg.ops import moments, spectral  # noqa: E402
+from keras_featreg.regularizers import SVMax  # noqa: E402
 
 SHAPES = [(144, 128), (256, 256), (256, 2048), (1024, 128), (512, 8192)]
 # XLA's Jacobi SVD: 962 ms at 144x128 and 16.9 s at 256x256 (REFERENCE.md); larger is minutes.
@@ -126,10 +140,7 @@ def accuracy(shapes, rows, failures):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="two small shapes only")
-    parser.add_argument("--repeats", type=int, default=5)
-    args = parser.parse_args(argv)
+    args = parse_args(argv)
     shapes = SHAPES[:2] if args.quick else SHAPES
     failures = []
     speed_rows, acc_rows = [], []

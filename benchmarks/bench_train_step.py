@@ -24,11 +24,31 @@ import statistics
 import sys
 import time
 
-import _timing  # noqa: F401  (sets the backend)
-import keras
-import numpy as np
+import _timing  # noqa: I001  (environment first; standard library only)
 
-from keras_featreg.regularizers import SVMax, VICReg
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--jit-compile", choices=["both", "true", "false"], default="both")
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--steps-per-round", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=144)
+    parser.add_argument("--svmax-method", default="auto", choices=["auto", "svd", "gram", "newton_schulz"],
+                        help="nuclear-norm method of the SVMax row held to the 5 %% target")
+    parser.add_argument("--with-naive-xla", action="store_true",
+                        help="also time the naive SVD under XLA (about 1 s a step on 2 cores)")
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    parse_args(sys.argv[1:])  # --help and bad flags exit here, before TensorFlow is loaded
+
+_timing.import_keras(tensorflow=False)  # JAX runs load no TensorFlow
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+from keras_featreg.regularizers import SVMax, VICReg  # noqa: E402
 
 JAX = keras.backend.backend() == "jax"
 
@@ -115,16 +135,7 @@ def floor_rows(jit_compile, step_ms, batch):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--jit-compile", choices=["both", "true", "false"], default="both")
-    parser.add_argument("--rounds", type=int, default=15)
-    parser.add_argument("--steps-per-round", type=int, default=5)
-    parser.add_argument("--batch", type=int, default=144)
-    parser.add_argument("--svmax-method", default="auto", choices=["auto", "svd", "gram", "newton_schulz"],
-                        help="nuclear-norm method of the SVMax row held to the 5 %% target")
-    parser.add_argument("--with-naive-xla", action="store_true",
-                        help="also time the naive SVD under XLA (about 1 s a step on 2 cores)")
-    args = parser.parse_args(argv)
+    args = parse_args(argv)
     settings = {"both": [False, True], "true": [True], "false": [False]}[args.jit_compile]
     if JAX:  # un-jitted JAX runs op by op: not a training configuration anyone uses
         settings = [True]

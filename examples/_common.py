@@ -1,14 +1,23 @@
-"""Plumbing shared by the example scripts (not part of the library).
+"""Plumbing shared by the example scripts and the benchmarks (not part of the library).
 
 Command-line flags common to every example (``--seed``, ``--out``, ``--mixed-precision``,
-``--quick``), device reporting, and small matplotlib/CSV helpers. Import this module
-*before* Keras: it sets ``TF_CPP_MIN_LOG_LEVEL`` and the Agg matplotlib backend.
+``--quick``), device reporting, and small matplotlib/CSV helpers. Importing this module is
+cheap (standard library only) and sets the environment: ``TF_CPP_MIN_LOG_LEVEL=3`` and the
+Agg matplotlib backend, unless already set. Scripts parse their arguments first (so that
+``--help`` never loads TensorFlow), then load Keras with :func:`import_keras`, which drops
+the native log lines that TensorFlow writes to stderr while it loads even with
+``TF_CPP_MIN_LOG_LEVEL=3`` (absl's "All log messages before absl::InitializeLog()" banner,
+"oneDNN custom operations are on", "Could not find cuda drivers", cuInit/cuDNN factory
+messages, ...).
 """
 
+import contextlib
 import csv
 import math
 import os
+import re
 import sys
+import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -17,6 +26,99 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, REPO_ROOT)
+
+# A native (C++) log record: absl's "I0000 00:00:1712345678.123456    4533 port.cc:153] ..."
+# or TSL's older "2025-09-17 14:44:05.157831: I external/.../cudart_stub.cc:32] ...".
+_NATIVE_LOG = re.compile(r"^(?:([IWEF])\d{4} [\d:.]+\s+\d+ "
+                         r"|\d{4}-\d\d-\d\d [\d:.]+: ([IWEF]) )[^\]\n]*\] ")
+_SEVERITY = {"I": 0, "W": 1, "E": 2, "F": 3}
+# Lines without a record prefix that belong to one: absl's banner, the second line of the
+# cpu_feature_guard record.
+_NATIVE_EXTRA = re.compile(r"^WARNING: All log messages before absl::InitializeLog\(\) is called"
+                           r"|^To enable the following instructions: .* rebuild TensorFlow")
+
+
+def _min_log_level():
+    try:
+        return int(os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0"))
+    except ValueError:
+        return 0
+
+
+def _is_native_noise(line, min_level):
+    match = _NATIVE_LOG.match(line)
+    if match:
+        return _SEVERITY[match.group(1) or match.group(2)] < min_level
+    return min_level > 0 and bool(_NATIVE_EXTRA.match(line))
+
+
+@contextlib.contextmanager
+def native_stderr_filtered():
+    """Drops the native log records written to file descriptor 2 inside the block whose
+    severity is below ``TF_CPP_MIN_LOG_LEVEL`` (0 INFO, 1 WARNING, 2 ERROR, 3 FATAL).
+
+    TensorFlow >= 2.17 logs its start-up messages through absl before it reads
+    ``TF_CPP_MIN_LOG_LEVEL``, straight to the stderr file descriptor, so Python cannot
+    catch them. This block sends that descriptor to a temporary file and, on leaving, writes
+    everything else back to stderr unchanged (Python warnings and tracebacks included).
+    """
+    min_level = _min_log_level()
+    if min_level <= 0:
+        yield
+        return
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (AttributeError, OSError, ValueError):  # no real stderr descriptor
+        yield
+        return
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(Exception):
+                sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            text = capture.read().decode("utf-8", "replace")
+            kept = "".join(line for line in text.splitlines(keepends=True)
+                           if not _is_native_noise(line, min_level))
+            if kept:
+                sys.stderr.write(kept)
+                sys.stderr.flush()
+
+
+def quiet_python_loggers():
+    """TensorFlow's and absl's Python loggers: errors only; no warnings from their modules."""
+    import logging
+    import warnings
+
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module=r"(tensorflow|absl)(\.|$)")
+    if "absl.logging" in sys.modules:
+        from absl import logging as absl_logging
+
+        absl_logging.set_verbosity(absl_logging.ERROR)
+
+
+def import_keras(tensorflow=True):
+    """Imports Keras, and TensorFlow when `tensorflow` is true (keras_featreg's ``tf.data``
+    input pipelines use it on every backend) or Keras runs on it, without TensorFlow's
+    native start-up lines (see :func:`native_stderr_filtered`). Returns the keras module.
+
+    Call it after parsing the command line and after
+    :func:`require_tensorflow_backend`; later ``import keras`` / ``import tensorflow``
+    statements then find the loaded modules.
+    """
+    with native_stderr_filtered():
+        if tensorflow or os.environ.get("KERAS_BACKEND", "tensorflow") == "tensorflow":
+            with contextlib.suppress(ImportError):  # a JAX-only install
+                import tensorflow  # noqa: F401
+        import keras
+    quiet_python_loggers()
+    return keras
 
 
 def require_tensorflow_backend(script):
@@ -79,16 +181,15 @@ def setup(args, script):
     import keras
 
     keras.utils.set_random_seed(args.seed)
-    if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
-
-        tf.get_logger().setLevel("ERROR")  # no retracing warnings from repeated predict
+    quiet_python_loggers()  # e.g. no retracing warnings from repeated predict
     if args.mixed_precision:
         keras.config.set_dtype_policy("mixed_float16")
     os.makedirs(args.out, exist_ok=True)
     print(f"[{script}] keras {keras.__version__}, backend={keras.backend.backend()}, "
           f"dtype policy={keras.config.dtype_policy().name}")
-    print(f"[{script}] {describe_device()}")
+    with native_stderr_filtered():  # the first device query initializes CUDA (cuInit)
+        device = describe_device()
+    print(f"[{script}] {device}")
     from keras_featreg.backend import lapack_threads_compete
 
     if lapack_threads_compete():

@@ -19,19 +19,46 @@ import os
 import sys
 import time
 
-import _common  # noqa: I001  (environment first)
-
-import keras
-import numpy as np
-
-from keras_featreg import data as data_lib
-from keras_featreg import evaluation
-from keras_featreg.layers import EmbeddingRegularization
-from keras_featreg.losses_ranking import ContrastiveLoss
-from keras_featreg.metrics import SpectrumMonitor
-from keras_featreg.regularizers import SVMax
+import _common  # noqa: I001  (environment first; standard library only)
 
 SCRIPT = "circle_embedding"
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--steps-per-epoch", type=int, default=20)
+    parser.add_argument("--lr", type=float, default=0.01, help="SGD learning rate")
+    parser.add_argument("--svmax-lambda", type=float, default=1.0,
+                        help="bounded SVMax lambda (the paper's, for the contrastive loss)")
+    parser.add_argument("--snapshots", nargs="+", type=int, default=None,
+                        help="epochs to draw (default: 0, 1, 2, 5, 10, ..., last)")
+    _common.add_common_args(parser, default_out=os.path.join("runs", "circle_embedding"))
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.epochs, args.steps_per_epoch = 2, 3
+    if args.snapshots is None:
+        args.snapshots = sorted({e for e in (0, 1, 2, 5, 10, 20, args.epochs) if e <= args.epochs})
+    return args
+
+
+if __name__ == "__main__":
+    parse_args(sys.argv[1:])  # --help and bad flags exit here, before TensorFlow is loaded
+
+_common.import_keras()  # TensorFlow and Keras, without TensorFlow's native start-up lines
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+from keras_featreg import data as data_lib  # noqa: E402
+from keras_featreg import evaluation  # noqa: E402
+from keras_featreg.layers import EmbeddingRegularization  # noqa: E402
+from keras_featreg.losses_ranking import ContrastiveLoss  # noqa: E402
+from keras_featreg.metrics import SpectrumMonitor  # noqa: E402
+from keras_featreg.regularizers import SVMax  # noqa: E402
 
 
 def load_digits_all(seed):
@@ -78,27 +105,6 @@ def angular_coverage(emb, bins=36):
     angles = np.arctan2(emb[:, 1], emb[:, 0])
     hist, _ = np.histogram(angles, bins=bins, range=(-np.pi, np.pi))
     return float(np.mean(hist > 0))
-
-
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="\n\n".join(__doc__.split("\n\n")[1:]))
-    parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--steps-per-epoch", type=int, default=20)
-    parser.add_argument("--lr", type=float, default=0.01, help="SGD learning rate")
-    parser.add_argument("--svmax-lambda", type=float, default=1.0,
-                        help="bounded SVMax lambda (the paper's, for the contrastive loss)")
-    parser.add_argument("--snapshots", nargs="+", type=int, default=None,
-                        help="epochs to draw (default: 0, 1, 2, 5, 10, ..., last)")
-    _common.add_common_args(parser, default_out=os.path.join("runs", "circle_embedding"))
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.epochs, args.steps_per_epoch = 2, 3
-    if args.snapshots is None:
-        args.snapshots = sorted({e for e in (0, 1, 2, 5, 10, 20, args.epochs) if e <= args.epochs})
-    return args
 
 
 def main(argv=None):

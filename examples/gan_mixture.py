@@ -40,9 +40,48 @@ import os
 import sys
 import time
 
-import _common  # noqa: I001  (environment first)
+import _common  # noqa: I001  (environment first; standard library only)
 
-_common.require_tensorflow_backend("gan_mixture")
+SCRIPT = "gan_mixture"
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+    parser.add_argument("--steps", type=int, default=3000,
+                        help="generator steps per run (default: %(default)s)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=None,
+                        help="seeds (default: 0 1 2; the heatmaps use the first)")
+    parser.add_argument("--lr", type=float, default=0.025,
+                        help="Adam learning rate of both networks (the paper: 0.025)")
+    parser.add_argument("--svmax-lambda", type=float, default=0.01,
+                        help="lambda of the unbounded SVMax, eq. 1 (the paper: 0.01)")
+    parser.add_argument("--unrolled-steps", type=int, default=0,
+                        help="also train unrolled GANs with K steps (the paper: 5); 0 = off")
+    parser.add_argument("--batch-size", type=int, default=512)
+    parser.add_argument("--latent-dim", type=int, default=256)
+    parser.add_argument("--snapshots", type=int, default=6,
+                        help="number of evaluation snapshots during training")
+    parser.add_argument("--eval-samples", type=int, default=10000)
+    _common.add_common_args(parser, default_out=os.path.join("runs", "gan_mixture"))
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.steps = min(args.steps, 40)
+        args.snapshots = 2
+        args.eval_samples = 1000
+        args.batch_size = min(args.batch_size, 128)
+        args.seeds = args.seeds or [args.seed]
+    args.seeds = args.seeds if args.seeds is not None else [0, 1, 2]
+    return args
+
+
+if __name__ == "__main__":
+    parse_args(sys.argv[1:])  # --help and bad flags exit here, before TensorFlow is loaded
+
+_common.require_tensorflow_backend(SCRIPT)
+_common.import_keras()  # TensorFlow and Keras, without TensorFlow's native start-up lines
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -51,7 +90,6 @@ import tensorflow as tf  # noqa: E402
 from keras_featreg.metrics import mean_singular_value  # noqa: E402
 from keras_featreg.regularizers import SVMax  # noqa: E402
 
-SCRIPT = "gan_mixture"
 NUM_MODES, RADIUS, STD = 8, 2.0, 0.02
 
 
@@ -282,38 +320,6 @@ def plot_heatmaps(snapshots, variants, path, bins=80, extent=3.0, max_rows=6):
                               fontsize=7)
     fig.tight_layout(pad=0.3)
     return _common.save_figure(fig, path, dpi=70)
-
-
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="\n\n".join(__doc__.split("\n\n")[1:]))
-    parser.add_argument("--steps", type=int, default=3000,
-                        help="generator steps per run (default: %(default)s)")
-    parser.add_argument("--seeds", nargs="+", type=int, default=None,
-                        help="seeds (default: 0 1 2; the heatmaps use the first)")
-    parser.add_argument("--lr", type=float, default=0.025,
-                        help="Adam learning rate of both networks (the paper: 0.025)")
-    parser.add_argument("--svmax-lambda", type=float, default=0.01,
-                        help="lambda of the unbounded SVMax, eq. 1 (the paper: 0.01)")
-    parser.add_argument("--unrolled-steps", type=int, default=0,
-                        help="also train unrolled GANs with K steps (the paper: 5); 0 = off")
-    parser.add_argument("--batch-size", type=int, default=512)
-    parser.add_argument("--latent-dim", type=int, default=256)
-    parser.add_argument("--snapshots", type=int, default=6,
-                        help="number of evaluation snapshots during training")
-    parser.add_argument("--eval-samples", type=int, default=10000)
-    _common.add_common_args(parser, default_out=os.path.join("runs", "gan_mixture"))
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.steps = min(args.steps, 40)
-        args.snapshots = 2
-        args.eval_samples = 1000
-        args.batch_size = min(args.batch_size, 128)
-        args.seeds = args.seeds or [args.seed]
-    args.seeds = args.seeds if args.seeds is not None else [0, 1, 2]
-    return args
 
 
 def main(argv=None):

@@ -37,16 +37,6 @@ import time
 
 import _common  # noqa: I001  (sets TF_CPP_MIN_LOG_LEVEL and the Agg backend first)
 
-import keras
-import numpy as np
-from keras import ops
-
-from keras_featreg import data as data_lib
-from keras_featreg import evaluation, metrics
-from keras_featreg.layers import EmbeddingRegularization
-from keras_featreg.losses_ranking import AngularLoss, ContrastiveLoss, NPairLoss, TripletLoss
-from keras_featreg.regularizers import SVMax, SpreadOut, VICReg
-
 SCRIPT = "retrieval"
 # The paper's p (classes per batch) x l (samples per class), b = 144 for every loss.
 PAPER_BATCH = {"contrastive": (36, 4), "triplet": (24, 6), "npair": (72, 2), "angular": (72, 2)}
@@ -70,6 +60,108 @@ DATASET_DEFAULTS = {
     "caltech_birds2011": {"iterations": 5000, "test_samples": None, "image_size": 224},
     "stanford_online_products": {"iterations": 20000, "test_samples": None, "image_size": 224},
 }
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+    parser.add_argument("--dataset", choices=DATASETS, default="digits",
+                        help="digits: scikit-learn's 8x8 digits, classes 0-4 train / 5-9 test; "
+                             "fashion_mnist: Debian's IDX files, classes 0-4 / 5-9; the tfds "
+                             "datasets need a network (default: %(default)s)")
+    parser.add_argument("--losses", nargs="+", choices=LOSSES, default=None,
+                        help="ranking losses (default: all four; --quick: contrastive npair)")
+    parser.add_argument("--regularizers", nargs="+", choices=REGULARIZERS, default=None,
+                        help="default: none spreadout svmax")
+    parser.add_argument("--lrs", nargs="+", type=float, default=None,
+                        help="learning rates (default: 0.01 0.001 0.0001)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=None,
+                        help="seeds, one run each (default: the --seed value)")
+    parser.add_argument("--iterations", type=int, default=None,
+                        help="K training iterations per run (lr fixed for K/2, then decayed "
+                             "to 1e-7); default per dataset: digits 300, fashion_mnist 600, "
+                             "CUB/CARS 5000, SOP 20000 (the paper's)")
+    parser.add_argument("--batch-sizes", nargs="+", type=int, default=[144],
+                        help="target batch sizes b (the paper: 144); p x l per loss, see "
+                             "batch_layout() (default: %(default)s)")
+    parser.add_argument("--dim", type=int, default=128, help="embedding dimension d")
+    parser.add_argument("--svmax-lambda", type=float, default=None,
+                        help="override the paper's per-loss SVMax lambda")
+    parser.add_argument("--backbone", choices=sorted(BACKBONES), default=None,
+                        help="a keras.applications backbone instead of the small CNN")
+    parser.add_argument("--weights", choices=("auto", "imagenet", "none"), default="auto",
+                        help="backbone weights: auto = ImageNet when downloadable, else random")
+    parser.add_argument("--image-size", type=int, default=None,
+                        help="backbone input size (default: 32 for digits/fashion_mnist, 224 "
+                             "for the tfds datasets)")
+    parser.add_argument("--width", type=int, default=32,
+                        help="filters of the small CNN's first conv layer (default: %(default)s)")
+    parser.add_argument("--hidden", type=int, default=256,
+                        help="units of the small CNN's hidden Dense layer (default: %(default)s)")
+    parser.add_argument("--input-pool", type=int, default=1,
+                        help="average-pool the input images by this factor first (small CNN; "
+                             "2 turns 28x28 into 14x14, 4x cheaper)")
+    parser.add_argument("--train-samples", type=int, default=None,
+                        help="stratified subset of the training split (default: all)")
+    parser.add_argument("--test-samples", type=int, default=None,
+                        help="stratified subset of the test split (default: fashion_mnist "
+                             "5000, else all)")
+    parser.add_argument("--log-every", type=int, default=100, help="iterations per log line")
+    parser.add_argument("--jit-compile", action="store_true",
+                        help="force XLA (default: Keras 'auto', i.e. XLA on GPU only)")
+    parser.add_argument("--tag", default=None, help="output file prefix (default: dataset)")
+    parser.add_argument("--distributed", action="store_true",
+                        help="TensorFlow only: train under tf.distribute.MirroredStrategy (all "
+                             "visible GPUs, else the CPU) with the regularizer's statistics "
+                             "gathered over the global batch (cross_replica=True)")
+    parser.add_argument("--merge", nargs="+", metavar="RUNS_CSV", default=None,
+                        help="train nothing: merge *_runs.csv files of earlier (e.g. parallel) "
+                             "invocations and write the table and plots under --out/--tag")
+    _common.add_common_args(parser, default_out=os.path.join("runs", "retrieval"))
+    args = parser.parse_args(argv)
+
+    defaults = DATASET_DEFAULTS[args.dataset]
+    if args.weights == "none":
+        args.weights = None
+    if args.image_size is None:
+        args.image_size = defaults["image_size"]
+    if args.test_samples is None:
+        args.test_samples = defaults["test_samples"]
+    if args.quick:
+        args.iterations = args.iterations or 4
+        args.log_every = 2
+        args.test_samples = min(args.test_samples or 300, 300)
+        args.train_samples = args.train_samples or 1000
+        args.regularizers = args.regularizers or ["none", "svmax"]
+        args.lrs = args.lrs or [0.01]
+        args.losses = args.losses or ["contrastive", "npair"]
+    args.iterations = args.iterations or defaults["iterations"]
+    args.losses = args.losses or list(LOSSES)
+    args.regularizers = args.regularizers or ["none", "spreadout", "svmax"]
+    args.lrs = args.lrs or [1e-2, 1e-3, 1e-4]
+    args.seeds = args.seeds if args.seeds is not None else [args.seed]
+    args.tag_given = args.tag is not None
+    args.tag = args.tag or args.dataset
+    return args
+
+
+if __name__ == "__main__":
+    parse_args(sys.argv[1:])  # --help and bad flags exit here, before TensorFlow is loaded
+
+_common.import_keras()  # TensorFlow and Keras, without TensorFlow's native start-up lines
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+from keras import ops  # noqa: E402
+
+from keras_featreg import data as data_lib  # noqa: E402
+from keras_featreg import evaluation, metrics  # noqa: E402
+from keras_featreg.layers import EmbeddingRegularization  # noqa: E402
+from keras_featreg.losses_ranking import (  # noqa: E402
+    AngularLoss, ContrastiveLoss, NPairLoss, TripletLoss)
+from keras_featreg.regularizers import SVMax, SpreadOut, VICReg  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- schedule
@@ -487,91 +579,6 @@ def plot_test_smu(table, path):
 
 
 # ---------------------------------------------------------------------------------- main
-
-
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="\n\n".join(__doc__.split("\n\n")[1:]))
-    parser.add_argument("--dataset", choices=DATASETS, default="digits",
-                        help="digits: scikit-learn's 8x8 digits, classes 0-4 train / 5-9 test; "
-                             "fashion_mnist: Debian's IDX files, classes 0-4 / 5-9; the tfds "
-                             "datasets need a network (default: %(default)s)")
-    parser.add_argument("--losses", nargs="+", choices=LOSSES, default=None,
-                        help="ranking losses (default: all four; --quick: contrastive npair)")
-    parser.add_argument("--regularizers", nargs="+", choices=REGULARIZERS, default=None,
-                        help="default: none spreadout svmax")
-    parser.add_argument("--lrs", nargs="+", type=float, default=None,
-                        help="learning rates (default: 0.01 0.001 0.0001)")
-    parser.add_argument("--seeds", nargs="+", type=int, default=None,
-                        help="seeds, one run each (default: the --seed value)")
-    parser.add_argument("--iterations", type=int, default=None,
-                        help="K training iterations per run (lr fixed for K/2, then decayed "
-                             "to 1e-7); default per dataset: digits 300, fashion_mnist 600, "
-                             "CUB/CARS 5000, SOP 20000 (the paper's)")
-    parser.add_argument("--batch-sizes", nargs="+", type=int, default=[144],
-                        help="target batch sizes b (the paper: 144); p x l per loss, see "
-                             "batch_layout() (default: %(default)s)")
-    parser.add_argument("--dim", type=int, default=128, help="embedding dimension d")
-    parser.add_argument("--svmax-lambda", type=float, default=None,
-                        help="override the paper's per-loss SVMax lambda")
-    parser.add_argument("--backbone", choices=sorted(BACKBONES), default=None,
-                        help="a keras.applications backbone instead of the small CNN")
-    parser.add_argument("--weights", choices=("auto", "imagenet", "none"), default="auto",
-                        help="backbone weights: auto = ImageNet when downloadable, else random")
-    parser.add_argument("--image-size", type=int, default=None,
-                        help="backbone input size (default: 32 for digits/fashion_mnist, 224 "
-                             "for the tfds datasets)")
-    parser.add_argument("--width", type=int, default=32,
-                        help="filters of the small CNN's first conv layer (default: %(default)s)")
-    parser.add_argument("--hidden", type=int, default=256,
-                        help="units of the small CNN's hidden Dense layer (default: %(default)s)")
-    parser.add_argument("--input-pool", type=int, default=1,
-                        help="average-pool the input images by this factor first (small CNN; "
-                             "2 turns 28x28 into 14x14, 4x cheaper)")
-    parser.add_argument("--train-samples", type=int, default=None,
-                        help="stratified subset of the training split (default: all)")
-    parser.add_argument("--test-samples", type=int, default=None,
-                        help="stratified subset of the test split (default: fashion_mnist "
-                             "5000, else all)")
-    parser.add_argument("--log-every", type=int, default=100, help="iterations per log line")
-    parser.add_argument("--jit-compile", action="store_true",
-                        help="force XLA (default: Keras 'auto', i.e. XLA on GPU only)")
-    parser.add_argument("--tag", default=None, help="output file prefix (default: dataset)")
-    parser.add_argument("--distributed", action="store_true",
-                        help="TensorFlow only: train under tf.distribute.MirroredStrategy (all "
-                             "visible GPUs, else the CPU) with the regularizer's statistics "
-                             "gathered over the global batch (cross_replica=True)")
-    parser.add_argument("--merge", nargs="+", metavar="RUNS_CSV", default=None,
-                        help="train nothing: merge *_runs.csv files of earlier (e.g. parallel) "
-                             "invocations and write the table and plots under --out/--tag")
-    _common.add_common_args(parser, default_out=os.path.join("runs", "retrieval"))
-    args = parser.parse_args(argv)
-
-    defaults = DATASET_DEFAULTS[args.dataset]
-    if args.weights == "none":
-        args.weights = None
-    if args.image_size is None:
-        args.image_size = defaults["image_size"]
-    if args.test_samples is None:
-        args.test_samples = defaults["test_samples"]
-    if args.quick:
-        args.iterations = args.iterations or 4
-        args.log_every = 2
-        args.test_samples = min(args.test_samples or 300, 300)
-        args.train_samples = args.train_samples or 1000
-        args.regularizers = args.regularizers or ["none", "svmax"]
-        args.lrs = args.lrs or [0.01]
-        args.losses = args.losses or ["contrastive", "npair"]
-    args.iterations = args.iterations or defaults["iterations"]
-    args.losses = args.losses or list(LOSSES)
-    args.regularizers = args.regularizers or ["none", "spreadout", "svmax"]
-    args.lrs = args.lrs or [1e-2, 1e-3, 1e-4]
-    args.seeds = args.seeds if args.seeds is not None else [args.seed]
-    args.tag_given = args.tag is not None
-    args.tag = args.tag or args.dataset
-    return args
 
 
 def read_runs(paths):

@@ -19,7 +19,7 @@ encoder randomly initialized, and the spread of the embeddings with
 :func:`keras_featreg.metrics.collapse_statistics` (fraction of dimensions whose std is below
 1 % of the RMS std) and :func:`keras_featreg.metrics.spectrum_statistics` (where s_mu sits
 between its bounds: 0 = rank one, 1 = perfectly spread). Data: the Fashion-MNIST IDX files of
-Debian's ``dataset-fashion-mnist`` package, all 10 classes.
+Debian's ``dataset-fashion-mnist`` package (or ``--data-dir``), all 10 classes.
 
 Example::
 
@@ -32,9 +32,50 @@ import os
 import sys
 import time
 
-import _common  # noqa: I001  (environment first)
+import _common  # noqa: I001  (environment first; standard library only)
 
-_common.require_tensorflow_backend("vicreg_ssl")
+SCRIPT = "vicreg_ssl"
+VARIANTS = ("vicreg", "svmax", "none")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+    parser.add_argument("--regularizer", nargs="+", choices=VARIANTS,
+                        default=["vicreg", "svmax"],
+                        help="objectives to pretrain with, one run each (default: vicreg svmax)")
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    parser.add_argument("--svmax-lambda", type=float, default=1.0)
+    parser.add_argument("--pretrain-samples", type=int, default=10000,
+                        help="unlabelled images for pretraining")
+    parser.add_argument("--probe-samples", type=int, default=5000,
+                        help="labelled images for each of probe-train and probe-test")
+    parser.add_argument("--width", type=int, default=16, help="encoder's first conv width")
+    parser.add_argument("--expander", type=int, default=256, help="expander width")
+    parser.add_argument("--noise", type=float, default=0.1, help="augmentation noise std")
+    parser.add_argument("--data-dir", default=None,
+                        help="folder holding the four Fashion-MNIST IDX files (default: Debian's "
+                             "dataset-fashion-mnist, /usr/share/datasets/fashion-mnist, or "
+                             "~/.keras/datasets/fashion-mnist, else a download)")
+    _common.add_common_args(parser, default_out=os.path.join("runs", "vicreg_ssl"))
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.epochs = 1
+        args.pretrain_samples = min(args.pretrain_samples, 2 * args.batch_size)
+        args.probe_samples = min(args.probe_samples, 300)
+        args.width, args.expander = min(args.width, 8), min(args.expander, 64)
+    return args
+
+
+if __name__ == "__main__":
+    parse_args(sys.argv[1:])  # --help and bad flags exit here, before TensorFlow is loaded
+
+_common.require_tensorflow_backend(SCRIPT)
+_common.import_keras()  # TensorFlow and Keras, without TensorFlow's native start-up lines
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -46,14 +87,12 @@ from keras_featreg.losses import VICRegLoss, vicreg_terms  # noqa: E402
 from keras_featreg.ops import moments, spectral  # noqa: E402
 from keras_featreg.regularizers import SVMax  # noqa: E402
 
-SCRIPT = "vicreg_ssl"
-VARIANTS = ("vicreg", "svmax", "none")
-
 
 def load_fashion_all(args):
     """All 70 000 Fashion-MNIST images with labels, split into disjoint pretraining,
     probe-train and probe-test subsets (sizes from the flags)."""
-    (x_a, y_a), (x_b, y_b) = data_lib.load_fashion_mnist_split()  # classes 0-4 / 5-9, pooled
+    # classes 0-4 / 5-9, pooled
+    (x_a, y_a), (x_b, y_b) = data_lib.load_fashion_mnist_split(path=args.data_dir)
     x, y = np.concatenate([x_a, x_b]), np.concatenate([y_a, y_b])
     order = np.random.default_rng(12345).permutation(len(y))
     sizes = np.cumsum([args.pretrain_samples, args.probe_samples, args.probe_samples])
@@ -180,35 +219,6 @@ def make_objective(name, args):
     if name == "svmax":
         return SVMaxObjective(args.svmax_lambda)
     return InvarianceOnly()
-
-
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="\n\n".join(__doc__.split("\n\n")[1:]))
-    parser.add_argument("--regularizer", nargs="+", choices=VARIANTS,
-                        default=["vicreg", "svmax"],
-                        help="objectives to pretrain with, one run each (default: vicreg svmax)")
-    parser.add_argument("--epochs", type=int, default=4)
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
-    parser.add_argument("--svmax-lambda", type=float, default=1.0)
-    parser.add_argument("--pretrain-samples", type=int, default=10000,
-                        help="unlabelled images for pretraining")
-    parser.add_argument("--probe-samples", type=int, default=5000,
-                        help="labelled images for each of probe-train and probe-test")
-    parser.add_argument("--width", type=int, default=16, help="encoder's first conv width")
-    parser.add_argument("--expander", type=int, default=256, help="expander width")
-    parser.add_argument("--noise", type=float, default=0.1, help="augmentation noise std")
-    _common.add_common_args(parser, default_out=os.path.join("runs", "vicreg_ssl"))
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.epochs = 1
-        args.pretrain_samples = min(args.pretrain_samples, 2 * args.batch_size)
-        args.probe_samples = min(args.probe_samples, 300)
-        args.width, args.expander = min(args.width, 8), min(args.expander, 64)
-    return args
 
 
 def main(argv=None):

@@ -1,4 +1,9 @@
-"""Backend-neutral test helpers (gradients, references)."""
+"""Backend-neutral test helpers (gradients, references), IDX files, script runs."""
+
+import gzip
+import os
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -135,3 +140,62 @@ def saved_and_loaded_losses(model, x, tmp_path):
     loaded = keras.saving.load_model(path)
     loaded(x)
     return before, float(sum(to_np(v) for v in loaded.losses)), loaded
+
+
+def write_idx(path, array, compress):
+    """Writes `array` (uint8 or int32) as an IDX file (the MNIST format), gzipped if `compress`."""
+    codes = {np.uint8: 0x08, np.int32: 0x0C}
+    header = bytes([0, 0, codes[array.dtype.type], array.ndim])
+    header += np.asarray(array.shape, ">i4").tobytes()
+    data = header + array.astype(array.dtype.newbyteorder(">")).tobytes()
+    opener = gzip.open if compress else open
+    with opener(path, "wb") as f:
+        f.write(data)
+
+
+def write_fake_fashion_mnist(folder, train=300, test=100, seed=0):
+    """The four Fashion-MNIST IDX files in `folder`: random 28 x 28 uint8 images, labels
+    ``i % 10``. For tests of code paths that read Fashion-MNIST, not of the data set."""
+    os.makedirs(folder, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for stem, n in (("train", train), ("t10k", test)):
+        write_idx(os.path.join(folder, f"{stem}-images-idx3-ubyte.gz"),
+                  rng.integers(0, 256, (n, 28, 28), dtype=np.uint8), True)
+        write_idx(os.path.join(folder, f"{stem}-labels-idx1-ubyte.gz"),
+                  (np.arange(n) % 10).astype(np.uint8), True)
+    return folder
+
+
+# What TensorFlow writes to stderr while it loads (absl's banner, INFO lines about oneDNN and
+# CUDA): the example scripts and benchmarks must keep it out of their output.
+NATIVE_NOISE = ("absl::InitializeLog", "oneDNN", "cuInit", "cudart", "Could not find cuda drivers")
+HEAVY_MODULES = ("tensorflow", "keras", "keras_featreg", "jax")
+
+
+def assert_no_native_noise(stderr):
+    noise = [line for line in stderr.splitlines() if any(m in line for m in NATIVE_NOISE)]
+    assert not noise, "TensorFlow start-up lines on stderr:\n" + "\n".join(noise)
+
+
+def script_env():
+    """The environment of a plain ``python script.py`` run: the scripts set
+    ``TF_CPP_MIN_LOG_LEVEL`` themselves."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", MPLBACKEND="Agg")
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)
+    return env
+
+
+def run_help(script, timeout=120):
+    """Runs ``python -X importtime <script> --help``; checks that it exits 0, prints its
+    usage, imports none of `HEAVY_MODULES` (no TensorFlow: ``--help`` is instant) and leaves
+    no TensorFlow start-up lines on stderr. Returns stdout."""
+    proc = subprocess.run([sys.executable, "-X", "importtime", str(script), "--help"],
+                          env=script_env(), capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert proc.stdout.startswith("usage:"), proc.stdout[:1000]
+    imported = [line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines()
+                if line.startswith("import time:")]
+    heavy = sorted({name.split(".")[0] for name in imported} & set(HEAVY_MODULES))
+    assert not heavy, f"{script} --help imported {heavy}"
+    assert_no_native_noise(proc.stderr)
+    return proc.stdout

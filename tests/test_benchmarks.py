@@ -2,7 +2,8 @@
 
 Timing is not asserted (it belongs in the benchmarks): these tests only keep the scripts
 runnable and check the accuracy section's own pass/fail logic.  The benchmarks time
-``tf.function`` with and without XLA, hence ``tensorflow_only``.
+``tf.function`` with and without XLA, hence ``tensorflow_only``.  Every script's ``--help``
+must answer without loading TensorFlow (any backend).
 """
 
 import math
@@ -10,10 +11,20 @@ import sys
 from pathlib import Path
 
 import pytest
+from _helpers import run_help
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+SCRIPTS = (
+    "bench_distributed.py", "bench_recall.py", "bench_spectral.py", "bench_train_step.py",
+    "distance_accuracy.py",
+)
 
-pytestmark = pytest.mark.tensorflow_only
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_help(script):
+    """``--help`` exits 0 without importing TensorFlow, Keras or JAX, and prints no
+    TensorFlow start-up lines."""
+    run_help(BENCHMARKS / script)
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +39,7 @@ def bench():
         sys.path.remove(str(BENCHMARKS))
 
 
+@pytest.mark.tensorflow_only
 def test_spectral_accuracy_section(bench):
     bench_spectral, _ = bench
     rows, failures = [], []
@@ -37,6 +49,7 @@ def test_spectral_accuracy_section(bench):
     assert len(rows) == 8 and all(0.0 <= e < 1e-3 for e in errors)
 
 
+@pytest.mark.tensorflow_only
 def test_spectral_speed_section(bench):
     bench_spectral, _ = bench
     rows, failures = [], []
@@ -46,6 +59,7 @@ def test_spectral_speed_section(bench):
     assert all(float(r[4]) > 0 for r in rows)
 
 
+@pytest.mark.tensorflow_only
 def test_train_step_and_floor(bench):
     _, bench_train_step = bench
     rows, overhead, step_ms = bench_train_step.run(False, 1, 1, 16, True)

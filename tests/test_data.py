@@ -1,12 +1,12 @@
 """Tests for keras_featreg.data: p×l class-balanced batches and open-set loaders."""
 
-import gzip
 import os
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from _helpers import write_idx
 
 from keras_featreg.data import (
     FASHION_MNIST_DIRS,
@@ -230,22 +230,12 @@ def test_load_digits_split():
     assert x_tr.shape[1] == 64 and set(y_te.tolist()) == {0, 2, 4, 5, 6, 7, 8, 9}
 
 
-def _write_idx(path, array, compress):
-    codes = {np.uint8: 0x08, np.int32: 0x0C}
-    header = bytes([0, 0, codes[array.dtype.type], array.ndim])
-    header += np.asarray(array.shape, ">i4").tobytes()
-    data = header + array.astype(array.dtype.newbyteorder(">")).tobytes()
-    opener = gzip.open if compress else open
-    with opener(path, "wb") as f:
-        f.write(data)
-
-
 @pytest.mark.parametrize("compress", [False, True])
 def test_read_idx_roundtrip(tmp_path, compress):
     images = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
     ints = np.array([1, -2, 70000], np.int32)
-    _write_idx(tmp_path / "a", images, compress)
-    _write_idx(tmp_path / "b", ints, compress)
+    write_idx(tmp_path / "a", images, compress)
+    write_idx(tmp_path / "b", ints, compress)
     np.testing.assert_array_equal(read_idx(tmp_path / "a"), images)
     np.testing.assert_array_equal(read_idx(tmp_path / "b"), ints)
 
@@ -254,7 +244,7 @@ def test_read_idx_rejects_bad_files(tmp_path):
     (tmp_path / "bad").write_bytes(b"\x01\x02\x03\x04junk")
     with pytest.raises(ValueError, match="not an IDX file"):
         read_idx(tmp_path / "bad")
-    _write_idx(tmp_path / "short", np.zeros((4, 4), np.uint8), False)
+    write_idx(tmp_path / "short", np.zeros((4, 4), np.uint8), False)
     (tmp_path / "short").write_bytes((tmp_path / "short").read_bytes()[:-3])
     with pytest.raises(ValueError, match="truncated"):
         read_idx(tmp_path / "short")
@@ -263,10 +253,10 @@ def test_read_idx_rejects_bad_files(tmp_path):
 def test_fashion_mnist_from_synthetic_idx_folder(tmp_path):
     rng = np.random.default_rng(0)
     for stem, n in (("train", 30), ("t10k", 20)):
-        _write_idx(tmp_path / f"{stem}-images-idx3-ubyte.gz",
-                   rng.integers(0, 256, (n, 28, 28), dtype=np.uint8), True)
-        _write_idx(tmp_path / f"{stem}-labels-idx1-ubyte",
-                   (np.arange(n) % 10).astype(np.uint8), False)
+        write_idx(tmp_path / f"{stem}-images-idx3-ubyte.gz",
+                  rng.integers(0, 256, (n, 28, 28), dtype=np.uint8), True)
+        write_idx(tmp_path / f"{stem}-labels-idx1-ubyte",
+                  (np.arange(n) % 10).astype(np.uint8), False)
     (x_tr, y_tr), (x_te, y_te) = load_fashion_mnist_split(path=str(tmp_path))
     assert len(x_tr) + len(x_te) == 50 and x_tr.shape[1:] == (28, 28, 1)
     (x_tr, y_tr), (x_te, y_te) = load_fashion_mnist_split(path=str(tmp_path), pool=False)
@@ -281,8 +271,8 @@ def test_fashion_mnist_missing_files_error(tmp_path):
 
 @pytest.mark.skipif(
     not os.path.isfile(os.path.join(FASHION_MNIST_DIRS[0], "train-labels-idx1-ubyte.gz")),
-    reason="Debian package dataset-fashion-mnist not installed "
-    "(/usr/share/datasets/fashion-mnist missing)",
+    reason="needs the real Fashion-MNIST in /usr/share/datasets/fashion-mnist: install Debian's "
+    "dataset-fashion-mnist (apt-get install dataset-fashion-mnist) to run it",
 )
 def test_fashion_mnist_from_debian_package():
     (x_tr, y_tr), (x_te, y_te) = load_fashion_mnist_split(allow_download=False)

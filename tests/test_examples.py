@@ -3,18 +3,20 @@
 Each script runs with ``--quick`` (a few training steps on a tiny subset) in a subprocess,
 which inherits ``KERAS_BACKEND``; the tests check that the outputs exist and that the
 printed metrics are finite. The GAN and VICReg-SSL examples use a TensorFlow custom
-``train_step`` (``tf.GradientTape``), hence ``tensorflow_only``.
+``train_step`` (``tf.GradientTape``), hence ``tensorflow_only``. ``--help`` must not load
+TensorFlow, and no run may print TensorFlow's native start-up lines. The VICReg-SSL run reads
+random Fashion-MNIST-format IDX files written by the test: it needs no data set.
 """
 
 import csv
 import math
-import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from _helpers import assert_no_native_noise, run_help, script_env, write_fake_fashion_mnist
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -22,13 +24,16 @@ SCRIPTS = ("retrieval.py", "gan_mixture.py", "circle_embedding.py", "vicreg_ssl.
 TIMEOUT = 300  # seconds; each quick run takes well under a minute on an idle 2-core CPU
 
 
-def _run(args, cwd=ROOT):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONUNBUFFERED="1", MPLBACKEND="Agg")
-    proc = subprocess.run([sys.executable, *map(str, args)], cwd=cwd, env=env,
+def _run(args, cwd=ROOT, quiet=False):
+    """Runs ``python *args`` as a user would (``TF_CPP_MIN_LOG_LEVEL`` unset); returns stdout.
+    With `quiet`, also checks that stderr holds no TensorFlow start-up lines."""
+    proc = subprocess.run([sys.executable, *map(str, args)], cwd=cwd, env=script_env(),
                           capture_output=True, text=True, timeout=TIMEOUT)
     assert proc.returncode == 0, (
         f"exit {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n"
         f"{proc.stderr[-4000:]}")
+    if quiet:
+        assert_no_native_noise(proc.stderr)
     return proc.stdout
 
 
@@ -57,12 +62,14 @@ def _assert_small_png(path):
 
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_help(script):
-    out = _run([EXAMPLES / script, "--help"])
-    assert "usage:" in out and "--quick" in out and "--mixed-precision" in out
+    """``--help`` exits 0 without importing TensorFlow, Keras or JAX, and prints no
+    TensorFlow start-up lines."""
+    out = run_help(EXAMPLES / script)
+    assert "--quick" in out and "--mixed-precision" in out
 
 
 def test_retrieval_quick(tmp_path):
-    out = _run([EXAMPLES / "retrieval.py", "--quick", "--out", tmp_path])
+    out = _run([EXAMPLES / "retrieval.py", "--quick", "--out", tmp_path], quiet=True)
     recalls, nmis = _numbers_after("R@1", out), _numbers_after("NMI", out)
     assert len(recalls) == len(nmis) == 4  # contrastive, npair x none, svmax
     assert all(math.isfinite(v) and 0 <= v <= 100 for v in recalls)
@@ -151,14 +158,20 @@ def test_circle_embedding_quick(tmp_path):
 
 @pytest.mark.tensorflow_only
 def test_vicreg_ssl_quick(tmp_path):
-    out = _run([EXAMPLES / "vicreg_ssl.py", "--quick", "--out", tmp_path])
+    """The whole example on random images in Fashion-MNIST's format: the code path, not the
+    data set (the loader reads the real one in test_data.py when it is installed)."""
+    data = write_fake_fashion_mnist(tmp_path / "fashion-mnist", train=300, test=100)
+    out_dir = tmp_path / "out"
+    out = _run([EXAMPLES / "vicreg_ssl.py", "--quick", "--data-dir", data,
+                "--pretrain-samples", 256, "--probe-samples", 60, "--out", out_dir])
+    assert "256 unlabelled pretraining images, linear probe on 60 / 60" in out
     accuracies = _numbers_after("linear probe", out)
     assert len(accuracies) == 3  # random init, vicreg, svmax
     assert all(math.isfinite(v) and 0 <= v <= 100 for v in accuracies)
-    rows = _read_csv(tmp_path / "vicreg_ssl.csv")
+    rows = _read_csv(out_dir / "vicreg_ssl.csv")
     _assert_finite_columns(rows, ["probe_acc_%", "repr_collapsed_%", "emb_s_mu_position"])
     assert [r["encoder"] for r in rows] == ["random init", "vicreg", "svmax"]
-    _assert_small_png(tmp_path / "vicreg_ssl.png")
+    _assert_small_png(out_dir / "vicreg_ssl.png")
 
 
 def test_quickstart_notebook():
@@ -168,9 +181,10 @@ def test_quickstart_notebook():
     client = nbclient.NotebookClient(notebook, timeout=TIMEOUT, kernel_name="python3",
                                      resources={"metadata": {"path": str(EXAMPLES)}})
     client.execute()
-    text = "\n".join(
-        output.get("text", "") for cell in notebook.cells if cell.cell_type == "code"
-        for output in cell.get("outputs", []) if output.get("output_type") == "stream")
+    streams = [output for cell in notebook.cells if cell.cell_type == "code"
+               for output in cell.get("outputs", []) if output.get("output_type") == "stream"]
+    text = "\n".join(output.get("text", "") for output in streams)
+    assert_no_native_noise("".join(o.get("text", "") for o in streams if o.get("name") == "stderr"))
     recalls = _numbers_after("R@1", text)
     assert len(recalls) == 2 and all(math.isfinite(v) for v in recalls), text[-2000:]
     assert len(_numbers_after("NMI", text)) == 2
