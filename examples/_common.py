@@ -194,7 +194,7 @@ def setup(args, script):
 
     if lapack_threads_compete():
         print(f"[{script}] note: JAX on CPU with multi-threaded OpenBLAS: SVMax uses Newton-Schulz; "
-              "OPENBLAS_NUM_THREADS=1 makes it use the exact, cheaper Gram eigh (README, 'Speed')")
+              "OPENBLAS_NUM_THREADS=1 makes it use the exact, cheaper Gram eigh (docs/design/speed.md)")
     return args.out
 
 
