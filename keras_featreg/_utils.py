@@ -3,6 +3,10 @@
 Errors name the argument, what was expected and what was received.  Half-precision
 inputs are promoted to float32: no backend has a float16 SVD/eigh, and batch statistics
 (variances, Gram matrices) overflow or lose all precision in float16.
+
+Non-finite inputs: every public regularizer, loss and metric returns NaN when its input
+holds a NaN or an infinity anywhere (:func:`propagate_nonfinite`), never a finite number
+that a ``where``/``max``/``exp`` happened to produce from it.
 """
 
 import numbers
@@ -91,6 +95,73 @@ def class_id_vector(labels, name="labels"):
             f"Received: {name}.shape={labels.shape}"
         )
     return labels
+
+
+def check_same_shape(name_a, a, name_b, b):
+    """Raises a ValueError naming both arguments when their static shapes differ.
+
+    Compares the ranks and every dimension known on both sides; unknown (``None``)
+    dimensions are left to the run-time checks of the backend.
+    """
+    shape_a, shape_b = tuple(a.shape), tuple(b.shape)
+    same = len(shape_a) == len(shape_b) and all(
+        da is None or db is None or int(da) == int(db) for da, db in zip(shape_a, shape_b)
+    )
+    if not same:
+        raise ValueError(
+            f"`{name_a}` and `{name_b}` must have the same shape: the same batch size and the "
+            f"same embedding dimension. Received: {name_a}.shape={shape_a}, "
+            f"{name_b}.shape={shape_b}"
+        )
+
+
+def all_finite(*tensors):
+    """Scalar boolean tensor: True when no entry of any of ``tensors`` is NaN or infinite."""
+    finite = None
+    for tensor in tensors:
+        ok = ops.all(ops.isfinite(tensor))
+        finite = ok if finite is None else ops.logical_and(finite, ok)
+    return finite
+
+
+def propagate_nonfinite(value, *inputs):
+    """``value`` when every entry of ``inputs`` is finite, else NaN (same shape and dtype).
+
+    The library's NaN policy, applied once at each public entry point: a NaN or an
+    infinity anywhere in the batch gives NaN, where ``relu``, ``max``, ``where`` or a
+    masked reduction could otherwise turn it into a finite number (the bounded SVMax of
+    an all-NaN batch would be ``factor * e^0``).  A ``where`` on one scalar predicate: an
+    ``O(b d)`` ``isfinite`` pass, no host synchronization, valid under ``jit``/XLA; the
+    gradient is unchanged for finite inputs (the NaN branch is a constant, so it has no
+    gradient to leak).
+    """
+    return nan_unless(all_finite(*inputs), value)
+
+
+def nan_unless(finite, value):
+    """``value`` where the scalar boolean ``finite`` is True, else NaN of its shape and dtype."""
+    value = ops.convert_to_tensor(value)
+    return ops.where(finite, value, ops.full_like(value, float("nan")))
+
+
+def mean(x, axis=None, keepdims=False):
+    """``keras.ops.mean`` that keeps float64 precision on every backend.
+
+    Keras 3's JAX ``mean`` accumulates in ``result_type(x.dtype, "float32")``, which Keras
+    clamps to 32 bits: a float64 mean comes back as float64 with a float32 error (about
+    1e-7 relative).  A sum divided by the count is what every backend's mean does
+    internally, in the input's own dtype.
+    """
+    total = ops.sum(x, axis=axis, keepdims=keepdims)
+    if axis is None:
+        axes = range(len(x.shape))
+    else:
+        axes = axis if isinstance(axis, (tuple, list)) else (axis,)
+    count = 1
+    for a in axes:
+        dim = x.shape[a]
+        count = count * (int(dim) if dim is not None else ops.cast(ops.shape(x)[a], x.dtype))
+    return total / (float(count) if isinstance(count, int) else count)
 
 
 def static_dim(x, axis):

@@ -18,7 +18,8 @@ Triplet selection lives in :mod:`keras_featreg.mining`, distances in
 Numerics: float16/bfloat16 embeddings are computed in float32 (the result is float32);
 float64 stays float64. Degenerate batches -- one sample, no positive pair, no negative,
 all embeddings identical, all-zero embeddings -- give finite values *and* finite
-gradients; a loss with nothing to average over is 0.
+gradients; a loss with nothing to average over is 0. A NaN or an infinity anywhere in
+``y_pred`` gives NaN (hinges, masked minima and maxima would otherwise hide it).
 """
 
 import math
@@ -157,7 +158,7 @@ def triplet_loss(y_true, y_pred, margin=0.2, mining="semi-hard", soft=False, dis
     mask = mined.mask
     if mined.average_over_active:
         mask = ops.logical_and(mask, ops.greater(losses, 0.0))
-    return _masked_mean(losses, mask)
+    return _utils.propagate_nonfinite(_masked_mean(losses, mask), embeddings)
 
 
 def contrastive_loss(y_true, y_pred, margin=1.0, distance="euclidean", power=1):
@@ -181,7 +182,9 @@ def contrastive_loss(y_true, y_pred, margin=1.0, distance="euclidean", power=1):
     if power == 2:
         pull, push = ops.square(pull), ops.square(push)
     losses = ops.where(positive, pull, ops.where(negative, push, ops.zeros_like(push)))
-    return _masked_mean(losses, ops.logical_or(positive, negative))
+    return _utils.propagate_nonfinite(
+        _masked_mean(losses, ops.logical_or(positive, negative)), embeddings
+    )
 
 
 def npair_loss(y_true, y_pred, negatives="positives", l2_reg=0.0):
@@ -212,7 +215,7 @@ def npair_loss(y_true, y_pred, negatives="positives", l2_reg=0.0):
         loss = loss + 0.25 * l2_reg * (
             _masked_mean(squared_norms, layout.anchors) + _masked_mean(squared_norms, positives)
         )
-    return loss
+    return _utils.propagate_nonfinite(loss, embeddings)
 
 
 def angular_loss(y_true, y_pred, alpha=45.0, negatives="positives"):
@@ -237,7 +240,7 @@ def angular_loss(y_true, y_pred, alpha=45.0, negatives="positives"):
     pair_negative = distances_lib.pairwise_dot(embeddings + positive_embeddings, embeddings)
     f = 4.0 * tan2 * pair_negative - 2.0 * (1.0 + tan2) * anchor_positive
     losses = mining_lib.masked_logsumexp(f, negative, axis=1, include_zero=True)
-    return _masked_mean(losses, layout.anchors)
+    return _utils.propagate_nonfinite(_masked_mean(losses, layout.anchors), embeddings)
 
 
 # ------------------------------------------------------------------------------ bounds

@@ -1,7 +1,7 @@
 """VICReg's two-view loss (Bardes, Ponce & LeCun, ICLR 2022)."""
 
 import keras
-from keras import ops
+import numpy as np
 
 from keras_featreg import _utils
 from keras_featreg import backend as _backend
@@ -18,23 +18,38 @@ def vicreg_terms(z_a, z_b, gamma=1.0, epsilon=1e-4, covariance_method="auto",
     (the official code's per-branch halving), ``covariance`` = ``c(Z_a) + c(Z_b)``.
     With ``cross_replica=True`` the terms are computed on the global batch under a
     ``tf.distribute`` strategy (both views all-gathered, as the official ``FullGatherLayer``).
+    Every term is NaN when either view holds a NaN or an infinity.
+
+    Raises:
+        ValueError: when ``z_a`` and ``z_b`` do not have the same static shape
+            ``(batch_size, dim)``, or are not float matrices.
     """
-    z_a = _utils.as_float_tensor(z_a, name="z_a", min_rank=2, max_rank=2)
-    z_b = _utils.as_float_tensor(z_b, name="z_b", min_rank=2, max_rank=2)
-    if z_a.shape[1] is not None and z_b.shape[1] is not None and z_a.shape[1] != z_b.shape[1]:
-        raise ValueError(
-            "`z_a` and `z_b` must have the same embedding dimension. Received: "
-            f"z_a.shape={tuple(z_a.shape)}, z_b.shape={tuple(z_b.shape)}"
-        )
+    z_a, z_b = _views(z_a, z_b)
     if cross_replica:
         z_a, z_b = _backend.gather_replicas([z_a, z_b])
-    return {
+    terms = {
         "invariance": moments.invariance_penalty(z_a, z_b),
         "variance": 0.5 * moments.variance_penalty(z_a, gamma, epsilon)
         + 0.5 * moments.variance_penalty(z_b, gamma, epsilon),
         "covariance": moments.covariance_penalty(z_a, covariance_method)
         + moments.covariance_penalty(z_b, covariance_method),
     }
+    finite = _utils.all_finite(z_a, z_b)
+    return {name: _utils.nan_unless(finite, term) for name, term in terms.items()}
+
+
+def _views(z_a, z_b):
+    """Both views as float tensors of rank 2 and the same static shape.
+
+    Raises:
+        ValueError: naming both arguments and both shapes when the ranks or any
+            statically known dimension differ (a different batch size included).
+    """
+    z_a, z_b = (x if hasattr(x, "shape") and hasattr(x, "dtype") else np.asarray(x)
+                for x in (z_a, z_b))
+    _utils.check_same_shape("z_a", z_a, "z_b", z_b)
+    return (_utils.as_float_tensor(z_a, name="z_a", min_rank=2, max_rank=2),
+            _utils.as_float_tensor(z_b, name="z_b", min_rank=2, max_rank=2))
 
 
 def vicreg_loss(z_a, z_b, invariance_factor=25.0, variance_factor=25.0,

@@ -1,7 +1,11 @@
 """Spectrum and collapse metrics of embedding batches, and a callback that logs them.
 
 All values come from :mod:`keras_featreg.ops` (the same primitives the regularizers use).
+An embedding batch holding a NaN or an infinity gives NaN values (every entry of a vector,
+every value of a dict but the shape), never finite ones.
 """
+
+import math
 
 import keras
 import numpy as np
@@ -16,6 +20,11 @@ def _prepared(embeddings, normalize, feature_reduction="flatten"):
     e = _utils.as_float_tensor(embeddings, name="embeddings", min_rank=2)
     e = spectral.reduce_features(e, feature_reduction)
     return spectral.l2_normalize_rows(e) if normalize else e
+
+
+def _finite(e):
+    """Python bool: no NaN or infinity in the (eager) tensor ``e``."""
+    return bool(ops.convert_to_numpy(_utils.all_finite(e)))
 
 
 def mean_singular_value(embeddings, normalize=True, method="svd"):
@@ -36,7 +45,8 @@ def mean_singular_value(embeddings, normalize=True, method="svd"):
         >>> float(mean_singular_value(e))  # four unit singular values / d=4
         1.0
     """
-    return spectral.mean_singular_value(_prepared(embeddings, normalize), method=method)
+    e = _prepared(embeddings, normalize)
+    return _utils.propagate_nonfinite(spectral.mean_singular_value(e, method=method), e)
 
 
 def singular_value_position(embeddings, normalize=True, method="svd"):
@@ -48,13 +58,13 @@ def singular_value_position(embeddings, normalize=True, method="svd"):
     e = _prepared(embeddings, normalize)
     s_mu = spectral.mean_singular_value(e, method=method)
     lower, upper = spectral.mean_singular_value_bounds(e)
-    return 1.0 - spectral.bounded_position(s_mu, lower, upper)
+    return _utils.propagate_nonfinite(1.0 - spectral.bounded_position(s_mu, lower, upper), e)
 
 
 def dimension_std(embeddings, epsilon=0.0):
     """Per-dimension standard deviation over the batch (unbiased), shape ``(d,)``."""
     e = _utils.as_float_tensor(embeddings, name="embeddings", min_rank=2, max_rank=2)
-    return moments.std(e, epsilon)
+    return _utils.propagate_nonfinite(moments.std(e, epsilon), e)
 
 
 def collapse_statistics(embeddings, threshold=0.01, normalize=True):
@@ -70,6 +80,8 @@ def collapse_statistics(embeddings, threshold=0.01, normalize=True):
     """
     threshold = _utils.check_number("threshold", threshold, minimum=0.0)
     e = _prepared(embeddings, normalize)
+    if not _finite(e):
+        return dict.fromkeys(("mean_std", "min_std", "max_std", "collapsed_fraction"), math.nan)
     s = np.asarray(ops.convert_to_numpy(moments.std(e, 0.0)), dtype=np.float64)
     rms = float(np.sqrt(np.mean(np.square(s))))
     collapsed = s <= threshold * rms if rms > 0 else np.ones_like(s, dtype=bool)
@@ -85,9 +97,12 @@ def spectrum_statistics(embeddings, normalize=True, threshold=0.01):
     """Everything the :class:`SpectrumMonitor` logs, as a dict of Python floats."""
     e = _prepared(embeddings, normalize)
     b, d = int(e.shape[0]), int(e.shape[1])
-    s_mu = float(spectral.mean_singular_value(e, method="svd"))
-    lower, upper = (float(v) for v in spectral.mean_singular_value_bounds(e))
-    position = (s_mu - lower) / (upper - lower) if upper - lower > 1e-12 else 1.0
+    if _finite(e):
+        s_mu = float(spectral.mean_singular_value(e, method="svd"))
+        lower, upper = (float(v) for v in spectral.mean_singular_value_bounds(e))
+        position = (s_mu - lower) / (upper - lower) if upper - lower > 1e-12 else 1.0
+    else:
+        s_mu = lower = upper = position = math.nan
     stats = {
         "s_mu": s_mu,
         "s_mu_lower": lower,

@@ -17,6 +17,8 @@ weight regularizers, so there ``__call__``'s factor would be wrong).
 
 All computations run in float32 when the layer computes in float16/bfloat16 (mixed
 precision): no backend has a half-precision SVD, and batch statistics overflow in float16.
+float64 activations are computed in float64.  A batch holding a NaN or an infinity gives a
+NaN penalty (never a finite one), so a diverging model is not hidden.
 """
 
 import keras
@@ -56,8 +58,17 @@ class FeatureRegularizer(keras.regularizers.Regularizer):
         return _backend.gather_replicas(x) if self.cross_replica else x
 
     def penalty(self, x):
-        """The value of the regularizer's formula on a batch of activations ``x``."""
-        return self._penalty(self._prepare(x))
+        """The value of the regularizer's formula on a batch of activations ``x``.
+
+        NaN when ``x`` holds a NaN or an infinity
+        (:func:`keras_featreg._utils.propagate_nonfinite`).
+        """
+        return self._statistic(self._penalty, x)
+
+    def _statistic(self, fn, x):
+        """``fn`` of the prepared ``(b, d)`` batch, NaN when the batch is not finite."""
+        e = self._prepare(x)
+        return _utils.propagate_nonfinite(fn(e), e)
 
     def _penalty(self, e):  # pragma: no cover - abstract
         raise NotImplementedError
@@ -134,10 +145,9 @@ class SVMax(FeatureRegularizer):
 
     def mean_singular_value(self, x):
         """``s_mu`` of ``x`` as this regularizer sees it (reduced, normalized)."""
-        e = self._prepare(x)
-        if self.normalize:
-            e = spectral.l2_normalize_rows(e)
-        return self._s_mu(e)
+        return self._statistic(
+            lambda e: self._s_mu(spectral.l2_normalize_rows(e) if self.normalize else e), x
+        )
 
     def _s_mu(self, e):
         return spectral.mean_singular_value(
@@ -220,10 +230,16 @@ class VICReg(FeatureRegularizer):
         )
 
     def variance_term(self, x):
-        return moments.variance_penalty(self._prepare(x), self.gamma, self.epsilon)
+        """``v(Z)`` of a batch of activations ``x`` (unweighted)."""
+        return self._statistic(
+            lambda z: moments.variance_penalty(z, self.gamma, self.epsilon), x
+        )
 
     def covariance_term(self, x):
-        return moments.covariance_penalty(self._prepare(x), self.covariance_method)
+        """``c(Z)`` of a batch of activations ``x`` (unweighted)."""
+        return self._statistic(
+            lambda z: moments.covariance_penalty(z, self.covariance_method), x
+        )
 
     def _penalty(self, z):
         total = ops.zeros((), dtype=z.dtype)

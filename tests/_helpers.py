@@ -52,6 +52,8 @@ def jit(fn):
         import tensorflow as tf
 
         return tf.function(fn, jit_compile=True)
+    if backend != "jax":
+        pytest.skip(f"no XLA-compiled path on the {backend} backend")
     import jax
 
     return jax.jit(fn)

@@ -1,5 +1,7 @@
 """Moment primitives and VICRegLoss against float64 references (values and gradients)."""
 
+import re
+
 import keras
 import numpy as np
 import pytest
@@ -73,3 +75,34 @@ def test_vicreg_loss_bad_input():
         VICRegLoss()(np.ones((4, 3), "float32"), np.ones((4, 2), "float32"))
     with pytest.raises(ValueError, match="epsilon"):
         VICRegLoss(epsilon=0)
+
+
+@pytest.mark.parametrize("shape_a, shape_b", [
+    ((8, 4), (6, 4)),  # batch size
+    ((8, 4), (8, 5)),  # embedding dimension
+    ((8, 4), (8, 4, 1)),  # rank
+    ((8, 4), (8,)),
+])
+@pytest.mark.parametrize("entry", ["class", "vicreg_loss", "vicreg_terms"])
+@pytest.mark.parametrize("as_tensor", [False, True])
+def test_two_views_of_different_shapes_name_both(shape_a, shape_b, entry, as_tensor):
+    fn = {"class": VICRegLoss(), "vicreg_loss": vicreg_loss, "vicreg_terms": vicreg_terms}[entry]
+    z_a, z_b = np.ones(shape_a, "float32"), np.ones(shape_b, "float32")
+    if as_tensor:
+        z_a, z_b = ops.convert_to_tensor(z_a), ops.convert_to_tensor(z_b)
+    expected = f"Received: z_a.shape={shape_a}, z_b.shape={shape_b}"
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        fn(z_a, z_b)
+
+
+@pytest.mark.tensorflow_only
+def test_two_views_with_unknown_batch_size_in_tf_graph(rng):
+    import tensorflow as tf
+
+    za, zb = rng.standard_normal((8, 5)).astype("float32"), rng.standard_normal((8, 5)).astype("float32")
+    loss = VICRegLoss()
+    fn = tf.function(lambda a, b: loss(a, b), input_signature=[tf.TensorSpec((None, 5), tf.float32)] * 2)
+    np.testing.assert_allclose(float(fn(za, zb)), float(loss(za, zb)), rtol=1e-6)
+    with pytest.raises(ValueError, match=re.escape("z_a.shape=(None, 5), z_b.shape=(None, 4)")):
+        tf.function(lambda a, b: loss(a, b), input_signature=[
+            tf.TensorSpec((None, 5), tf.float32), tf.TensorSpec((None, 4), tf.float32)]).get_concrete_function()

@@ -167,7 +167,7 @@ def _centre(x, y):
     depend on it, so its derivative through the centre is exactly zero.
     """
     rows = x if y is None else ops.concatenate([x, y], axis=0)
-    centre = ops.stop_gradient(ops.mean(rows, axis=0, keepdims=True))
+    centre = ops.stop_gradient(_utils.mean(rows, axis=0, keepdims=True))
     return x - centre, (None if y is None else y - centre)
 
 

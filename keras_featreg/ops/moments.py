@@ -19,6 +19,8 @@ exact.  ``"auto"`` picks ``"gram"`` when ``n < d``.
 
 from keras import ops
 
+from keras_featreg import _utils
+
 COVARIANCE_METHODS = ("auto", "covariance", "gram")
 
 
@@ -28,7 +30,7 @@ def _n_minus_one(z):
 
 
 def center(z):
-    return z - ops.mean(z, axis=0, keepdims=True)
+    return z - _utils.mean(z, axis=0, keepdims=True)
 
 
 def variance(z):
@@ -44,7 +46,7 @@ def std(z, epsilon=1e-4):
 
 def variance_penalty(z, gamma=1.0, epsilon=1e-4):
     """VICReg variance term ``(1/d) sum_j max(0, gamma - sqrt(Var(z_j) + eps))``."""
-    return ops.mean(ops.relu(gamma - std(z, epsilon)))
+    return _utils.mean(ops.relu(gamma - std(z, epsilon)))
 
 
 def resolve_covariance_method(z, method="auto"):
@@ -87,4 +89,4 @@ def covariance_penalty(z, method="auto"):
 
 def invariance_penalty(z_a, z_b):
     """VICReg invariance term as the official code computes it: MSE over ``n d`` elements."""
-    return ops.mean(ops.square(z_a - z_b))
+    return _utils.mean(ops.square(z_a - z_b))

@@ -27,8 +27,9 @@ Nuclear-norm methods (``method=``):
     Eigen-decomposition of the ``k x k`` Gram matrix of the smaller side, then the polar
     factor ``P = E V diag(1/s) V^T``.  The value is ``<E, P>`` with the gradient ``P``
     (``d||E||_*/dE = U V^T = P``).  Directions whose singular value is below
-    ``sqrt(eps) * s_1`` (float32: 3.5e-4 s_1) are dropped, which removes the squared-
-    condition-number noise of the Gram matrix and keeps the gradient finite at any rank.
+    ``sqrt(eps) * s_1`` (eps of the input's dtype; float32: 3.5e-4 s_1, float64: 1.5e-8 s_1)
+    are dropped, which removes the squared-condition-number noise of the Gram matrix and
+    keeps the gradient finite at any rank.
     Cost ``O(b d k)`` matmuls plus a ``k x k`` eigh; several times faster than the SVD for
     wide or tall matrices.  Not for TensorFlow XLA (eigh is also Jacobi there).
 ``"newton_schulz"``
@@ -56,8 +57,10 @@ Nuclear-norm methods (``method=``):
 
 import math
 
+import keras
 from keras import ops
 
+from keras_featreg import _utils
 from keras_featreg import backend as _backend
 from keras_featreg.ops import distances
 
@@ -99,7 +102,7 @@ def reduce_features(x, mode="flatten"):
     if len(x.shape) == 2:
         return x
     if mode == "average":
-        return ops.mean(x, axis=tuple(range(1, len(x.shape) - 1)))
+        return _utils.mean(x, axis=tuple(range(1, len(x.shape) - 1)))
     feature_shape = x.shape[1:]
     if all(dim is not None for dim in feature_shape):
         return ops.reshape(x, (-1, int(math.prod(feature_shape))))
@@ -112,7 +115,22 @@ def _dims(x):
 
 
 def _eps(dtype):
-    return 2.0**-52 if str(dtype).endswith("float64") else 2.0**-23
+    """Machine epsilon of the compute dtype: float64's for float64, float32's otherwise.
+
+    ``keras.backend.standardize_dtype`` maps every backend's dtype object (``tf.float64``,
+    ``jnp.float64``, ``torch.float64``, numpy) to the string ``"float64"``; ``str(dtype)``
+    does not (``"<dtype: 'float64'>"`` on TensorFlow).
+    """
+    return 2.0**-52 if keras.backend.standardize_dtype(dtype) == "float64" else 2.0**-23
+
+
+def _finite_or_zero(x):
+    """``x`` with NaN/inf entries replaced by 0, for the input of a decomposition.
+
+    TensorFlow's ``eigh`` raises on a non-finite matrix and LAPACK may iterate on one for
+    long; the nuclear norm still comes out NaN, through ``<E, P>`` (``0 * inf = NaN``).
+    """
+    return ops.where(ops.isfinite(x), x, ops.zeros_like(x))
 
 
 def _wide(x):
@@ -152,7 +170,7 @@ def _polar_gram(x):
 def _polar_gram_side(x, wide):
     x = ops.stop_gradient(x)
     gram = ops.matmul(x, ops.transpose(x)) if wide else ops.matmul(ops.transpose(x), x)
-    eigvals, eigvecs = ops.eigh(gram)
+    eigvals, eigvecs = ops.eigh(_finite_or_zero(gram))
     s = ops.sqrt(ops.maximum(eigvals, 0.0))
     tol = ops.max(s) * math.sqrt(_eps(x.dtype))
     keep = s > tol
@@ -275,7 +293,8 @@ def nuclear_norm(x, method="auto", iterations=DEFAULT_POLAR_ITERATIONS):
     """
     method = resolve_method(x, method)
     if method == "svd":
-        u, s, vh = ops.svd(ops.stop_gradient(x), full_matrices=False, compute_uv=True)
+        u, s, vh = ops.svd(_finite_or_zero(ops.stop_gradient(x)), full_matrices=False,
+                           compute_uv=True)
         keep = ops.cast(s > ops.max(s) * 8.0 * _eps(x.dtype), x.dtype)
         polar = ops.matmul(u * keep[None, :], vh)
         return _straight_through(ops.sum(s), ops.sum(x * ops.stop_gradient(polar)))
@@ -324,7 +343,7 @@ def singular_value_bounds(batch_size, dim):
 
     Example:
         >>> singular_value_bounds(144, 128)
-        (0.09375, 1.0606601717798212)
+        (0.09375, 1.0606601717798214)
     """
     b, d = int(batch_size), int(dim)
     if b < 1 or d < 1:
