@@ -38,10 +38,14 @@ def value_and_grad(fn, x, jit=False):
     if backend == "torch":
         import torch
 
-        x = torch.tensor(np.asarray(x), requires_grad=True)
+        if isinstance(x, torch.Tensor):  # e.g. bfloat16, which NumPy cannot hold
+            x = x.detach().clone().requires_grad_(True)
+        else:
+            x = torch.tensor(np.asarray(x), requires_grad=True)
         value = fn(x)
         value.backward()
-        return value.detach().cpu().numpy(), x.grad.cpu().numpy()
+        as_np = lambda t: t.detach().cpu().float().numpy() if t.dtype == torch.bfloat16 else t.detach().cpu().numpy()  # noqa: E731
+        return as_np(value), as_np(x.grad)
     pytest.skip(f"no gradient helper for backend {backend}")
 
 

@@ -30,11 +30,13 @@ def _n_minus_one(z):
 
 
 def center(z):
+    z = ops.convert_to_tensor(z)
     return z - _utils.mean(z, axis=0, keepdims=True)
 
 
 def variance(z):
     """Unbiased per-dimension variance (divisor ``max(n - 1, 1)``), shape ``(d,)``."""
+    z = ops.convert_to_tensor(z)
     zc = center(z)
     return ops.sum(ops.square(zc), axis=0) / _n_minus_one(z)
 
