@@ -1,4 +1,8 @@
-"""Global-batch statistics under data parallelism (issue 3).
+"""Global-batch statistics and ranking losses under data parallelism.
+
+Regularizers, VICRegLoss and the ranking losses (TripletLoss, ContrastiveLoss, NPairLoss,
+AngularLoss) with ``cross_replica=True``; a real multi-worker run is in
+tests/test_multiworker.py, the user-facing notes in docs/distributed.md.
 
 The checks run in child processes (tests/distributed_worker.py) because the devices must be
 configured before TensorFlow/JAX initialize them: two logical CPU devices under
