@@ -53,8 +53,9 @@ def _env(tf_config=None):
 
 
 def _run_all(commands, timeout):
-    """Starts every (args, env, log path) together; returns the return codes, or fails
-    after killing every process group still alive once `timeout` seconds have passed."""
+    """Starts every (args, env, log path) together and returns their exit codes.  Once one
+    fails (the other workers would wait for it forever) or `timeout` seconds have passed,
+    the process groups still alive are killed (exit code -9)."""
     processes = []
     try:
         for args, env, log in commands:
@@ -65,12 +66,9 @@ def _run_all(commands, timeout):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             codes = [p.poll() for p in processes]
-            if all(code is not None for code in codes):
-                return codes
-            if any(code not in (None, 0) for code in codes):
-                break  # one failed: the other worker would wait for it forever
+            if all(code is not None for code in codes) or any(code for code in codes):
+                break
             time.sleep(0.5)
-        return [p.poll() for p in processes]
     finally:
         for p in processes:
             if p.poll() is None:
@@ -79,6 +77,7 @@ def _run_all(commands, timeout):
                 except ProcessLookupError:
                     pass
                 p.wait()
+    return [p.returncode for p in processes]
 
 
 @pytest.mark.tensorflow_only
