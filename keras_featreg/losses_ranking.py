@@ -99,8 +99,13 @@ def _embeddings(y_pred):
     return _utils.as_float_tensor(y_pred, name="y_pred", min_rank=2, max_rank=2)
 
 
-def _inputs(y_true, y_pred):
-    """Validated ``(labels (b,), embeddings (b, d))`` in the compute dtype."""
+def _inputs(y_true, y_pred, cross_replica=False):
+    """Validated ``(labels (b,), embeddings (b, d))`` in the compute dtype.
+
+    ``cross_replica=True``: inside a replica of a multi-replica ``tf.distribute`` strategy,
+    the labels and embeddings of all replicas, concatenated in replica order (the global
+    batch); unchanged elsewhere.  See :func:`keras_featreg.backend.gather_replicas`.
+    """
     embeddings = _embeddings(y_pred)
     labels = mining_lib.labels_vector(y_true, name="y_true")
     n_labels, n_embeddings = labels.shape[0], embeddings.shape[0]
@@ -109,7 +114,18 @@ def _inputs(y_true, y_pred):
             "`y_true` and `y_pred` must have the same batch size. Received: "
             f"y_true.shape={tuple(ops.shape(y_true))}, y_pred.shape={tuple(embeddings.shape)}"
         )
+    if cross_replica:
+        labels, embeddings = _gather_replicas(labels, embeddings)
     return labels, embeddings
+
+
+def _gather_replicas(labels, embeddings):
+    """Labels and embeddings of all replicas (no-op outside a multi-replica ``tf.distribute``).
+
+    Two all-gathers: a batched one packs its inputs together and needs a single dtype and
+    device memory kind (TensorFlow keeps int32 tensors in host memory).
+    """
+    return _backend.gather_replicas(labels), _backend.gather_replicas(embeddings)
 
 
 def _masked_mean(values, mask):
@@ -128,7 +144,8 @@ def _num_negatives(batch_size, negatives):
 # --------------------------------------------------------------------------- functions
 
 
-def triplet_loss(y_true, y_pred, margin=0.2, mining="semi-hard", soft=False, distance="euclidean"):
+def triplet_loss(y_true, y_pred, margin=0.2, mining="semi-hard", soft=False, distance="euclidean",
+                 cross_replica=False):
     """Triplet loss over the triplets that `mining` selects from the batch (eq. 5).
 
     ``L = mean [D(a, p) - D(a, n) + margin]_+`` (``soft=False``) or
@@ -138,6 +155,10 @@ def triplet_loss(y_true, y_pred, margin=0.2, mining="semi-hard", soft=False, dis
     See :class:`TripletLoss`. `mining` may also be a callable
     ``(distances (b, b), labels (b,)) -> keras_featreg.mining.MinedTriplets``.
 
+    ``cross_replica=True``: under a ``tf.distribute`` strategy, mine and average over the
+    global batch (labels and embeddings of all replicas gathered); every replica returns
+    the global value, unscaled like the formula. No-op outside a strategy and on JAX.
+
     Returns:
         Scalar tensor (float32 for half-precision `y_pred`); 0 when the batch has no
         valid triplet.
@@ -146,7 +167,7 @@ def triplet_loss(y_true, y_pred, margin=0.2, mining="semi-hard", soft=False, dis
     miner = mining if callable(mining) else mining_lib.get_miner(mining)
     _check_bool("soft", soft)
     _utils.check_choice("distance", distance, DISTANCES)
-    labels, embeddings = _inputs(y_true, y_pred)
+    labels, embeddings = _inputs(y_true, y_pred, cross_replica)
 
     pairwise = distances_lib.pairwise_distances(embeddings, metric=distance)
     mined = miner(pairwise, labels)
@@ -161,11 +182,14 @@ def triplet_loss(y_true, y_pred, margin=0.2, mining="semi-hard", soft=False, dis
     return _utils.propagate_nonfinite(_masked_mean(losses, mask), embeddings)
 
 
-def contrastive_loss(y_true, y_pred, margin=1.0, distance="euclidean", power=1):
+def contrastive_loss(y_true, y_pred, margin=1.0, distance="euclidean", power=1,
+                     cross_replica=False):
     """Contrastive loss over all pairs of the batch (eq. 6). See :class:`ContrastiveLoss`.
 
     ``L = mean_{i != j} [ d_ij D_ij^k + (1 - d_ij) [margin - D_ij]_+^k ]`` with
     ``d_ij = 1`` for same-label pairs and ``k = power``.
+
+    ``cross_replica``: as in :func:`triplet_loss` (all pairs of the global batch).
 
     Returns:
         Scalar tensor; 0 for a batch of one sample.
@@ -173,7 +197,7 @@ def contrastive_loss(y_true, y_pred, margin=1.0, distance="euclidean", power=1):
     margin = _check_margin(margin)
     _utils.check_choice("distance", distance, DISTANCES)
     power = _check_power(power)
-    labels, embeddings = _inputs(y_true, y_pred)
+    labels, embeddings = _inputs(y_true, y_pred, cross_replica)
 
     pairwise = distances_lib.pairwise_distances(embeddings, metric=distance)
     positive, negative = mining_lib.pair_masks(labels)
@@ -187,18 +211,20 @@ def contrastive_loss(y_true, y_pred, margin=1.0, distance="euclidean", power=1):
     )
 
 
-def npair_loss(y_true, y_pred, negatives="positives", l2_reg=0.0):
+def npair_loss(y_true, y_pred, negatives="positives", l2_reg=0.0, cross_replica=False):
     """Multi-class N-pair loss (eq. 7, Sohn 2016). See :class:`NPairLoss`.
 
     ``L = mean_a [ -log( exp(a.p) / (exp(a.p) + sum_n exp(a.n)) ) ]
     + l2_reg / 4 * (mean_a ||a||^2 + mean_p ||p||^2)``.
+
+    ``cross_replica``: as in :func:`triplet_loss` (layout read from the global batch).
 
     Returns:
         Scalar tensor; 0 when the batch holds no anchor/positive pair.
     """
     negatives = _check_negatives(negatives)
     l2_reg = _utils.check_number("l2_reg", l2_reg, minimum=0.0)
-    labels, embeddings = _inputs(y_true, y_pred)
+    labels, embeddings = _inputs(y_true, y_pred, cross_replica)
 
     layout = mining_lib.npair_layout(labels)
     negative = mining_lib.npair_negatives(labels, layout, negatives)
@@ -218,18 +244,20 @@ def npair_loss(y_true, y_pred, negatives="positives", l2_reg=0.0):
     return _utils.propagate_nonfinite(loss, embeddings)
 
 
-def angular_loss(y_true, y_pred, alpha=45.0, negatives="positives"):
+def angular_loss(y_true, y_pred, alpha=45.0, negatives="positives", cross_replica=False):
     """Angular loss for N-pair batches (eqs. 9-10, Wang et al. 2017). See :class:`AngularLoss`.
 
     ``L = mean_a log(1 + sum_n exp(f_apn))``,
     ``f_apn = 4 tan^2(alpha) (a + p).n - 2 (1 + tan^2(alpha)) a.p``.
+
+    ``cross_replica``: as in :func:`triplet_loss` (layout read from the global batch).
 
     Returns:
         Scalar tensor; 0 when the batch holds no anchor/positive pair.
     """
     alpha = _check_alpha(alpha)
     negatives = _check_negatives(negatives)
-    labels, embeddings = _inputs(y_true, y_pred)
+    labels, embeddings = _inputs(y_true, y_pred, cross_replica)
 
     tan2 = math.tan(math.radians(alpha)) ** 2
     layout = mining_lib.npair_layout(labels)
@@ -385,6 +413,14 @@ class TripletLoss(_RankingLoss):
         name: name of the loss. Defaults to `"triplet_loss"`.
         dtype: dtype of the returned loss. Defaults to `keras.backend.floatx()`. (The
             computation runs in float32, or float64 for float64 embeddings.)
+        cross_replica: bool. Under a ``tf.distribute`` strategy, gather the labels and
+            embeddings of all replicas and compute the loss (mining included) over the
+            global batch; each replica receives the gradient of its own rows. Like every
+            Keras loss, the value returned inside a replica is divided by the number of
+            replicas, so one ``model.fit`` step and the reported loss equal a single-device
+            step on the global batch. Defaults to `False` (each replica mines its own
+            slice). No-op outside a strategy and on JAX, whose ``DataParallel`` step
+            already sees the global batch. See ``docs/distributed.md``.
 
     Example:
 
@@ -408,8 +444,10 @@ class TripletLoss(_RankingLoss):
         reduction="sum_over_batch_size",
         name="triplet_loss",
         dtype=None,
+        cross_replica=False,
     ):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self.cross_replica = _check_bool("cross_replica", cross_replica)
         self.margin = _check_margin(margin)
         mining_lib.get_miner(mining)
         self.mining = mining
@@ -419,7 +457,7 @@ class TripletLoss(_RankingLoss):
     def call(self, y_true, y_pred):
         return triplet_loss(
             y_true, y_pred, margin=self.margin, mining=self.mining, soft=self.soft,
-            distance=self.distance,
+            distance=self.distance, cross_replica=self.cross_replica,
         )
 
     def bounds(self, batch_size):
@@ -429,6 +467,7 @@ class TripletLoss(_RankingLoss):
 
     def get_config(self):
         config = super().get_config()
+        config["cross_replica"] = self.cross_replica
         config.update(
             {"margin": self.margin, "mining": self.mining, "soft": self.soft, "distance": self.distance}
         )
@@ -463,6 +502,14 @@ class ContrastiveLoss(_RankingLoss):
         name: name of the loss. Defaults to `"contrastive_loss"`.
         dtype: dtype of the returned loss. Defaults to `keras.backend.floatx()`. (The
             computation runs in float32, or float64 for float64 embeddings.)
+        cross_replica: bool. Under a ``tf.distribute`` strategy, gather the labels and
+            embeddings of all replicas and compute the loss (mining included) over the
+            global batch; each replica receives the gradient of its own rows. Like every
+            Keras loss, the value returned inside a replica is divided by the number of
+            replicas, so one ``model.fit`` step and the reported loss equal a single-device
+            step on the global batch. Defaults to `False` (each replica mines its own
+            slice). No-op outside a strategy and on JAX, whose ``DataParallel`` step
+            already sees the global batch. See ``docs/distributed.md``.
 
     Example:
 
@@ -485,15 +532,18 @@ class ContrastiveLoss(_RankingLoss):
         reduction="sum_over_batch_size",
         name="contrastive_loss",
         dtype=None,
+        cross_replica=False,
     ):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self.cross_replica = _check_bool("cross_replica", cross_replica)
         self.margin = _check_margin(margin)
         self.distance = _utils.check_choice("distance", distance, DISTANCES)
         self.power = _check_power(power)
 
     def call(self, y_true, y_pred):
         return contrastive_loss(
-            y_true, y_pred, margin=self.margin, distance=self.distance, power=self.power
+            y_true, y_pred, margin=self.margin, distance=self.distance, power=self.power,
+            cross_replica=self.cross_replica,
         )
 
     def bounds(self, batch_size):
@@ -503,6 +553,7 @@ class ContrastiveLoss(_RankingLoss):
 
     def get_config(self):
         config = super().get_config()
+        config["cross_replica"] = self.cross_replica
         config.update({"margin": self.margin, "distance": self.distance, "power": self.power})
         return config
 
@@ -544,6 +595,14 @@ class NPairLoss(_RankingLoss):
         name: name of the loss. Defaults to `"npair_loss"`.
         dtype: dtype of the returned loss. Defaults to `keras.backend.floatx()`. (The
             computation runs in float32, or float64 for float64 embeddings.)
+        cross_replica: bool. Under a ``tf.distribute`` strategy, gather the labels and
+            embeddings of all replicas and compute the loss (mining included) over the
+            global batch; each replica receives the gradient of its own rows. Like every
+            Keras loss, the value returned inside a replica is divided by the number of
+            replicas, so one ``model.fit`` step and the reported loss equal a single-device
+            step on the global batch. Defaults to `False` (each replica mines its own
+            slice). No-op outside a strategy and on JAX, whose ``DataParallel`` step
+            already sees the global batch. See ``docs/distributed.md``.
 
     Example:
 
@@ -565,13 +624,16 @@ class NPairLoss(_RankingLoss):
         reduction="sum_over_batch_size",
         name="npair_loss",
         dtype=None,
+        cross_replica=False,
     ):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self.cross_replica = _check_bool("cross_replica", cross_replica)
         self.negatives = _check_negatives(negatives)
         self.l2_reg = _utils.check_number("l2_reg", l2_reg, minimum=0.0)
 
     def call(self, y_true, y_pred):
-        return npair_loss(y_true, y_pred, negatives=self.negatives, l2_reg=self.l2_reg)
+        return npair_loss(y_true, y_pred, negatives=self.negatives, l2_reg=self.l2_reg,
+                          cross_replica=self.cross_replica)
 
     def bounds(self, batch_size):
         """(lower, upper) for L2-normalized ``p x 2`` batches of `batch_size` (eq. 8)."""
@@ -579,6 +641,7 @@ class NPairLoss(_RankingLoss):
 
     def get_config(self):
         config = super().get_config()
+        config["cross_replica"] = self.cross_replica
         config.update({"negatives": self.negatives, "l2_reg": self.l2_reg})
         return config
 
@@ -606,6 +669,14 @@ class AngularLoss(_RankingLoss):
         name: name of the loss. Defaults to `"angular_loss"`.
         dtype: dtype of the returned loss. Defaults to `keras.backend.floatx()`. (The
             computation runs in float32, or float64 for float64 embeddings.)
+        cross_replica: bool. Under a ``tf.distribute`` strategy, gather the labels and
+            embeddings of all replicas and compute the loss (mining included) over the
+            global batch; each replica receives the gradient of its own rows. Like every
+            Keras loss, the value returned inside a replica is divided by the number of
+            replicas, so one ``model.fit`` step and the reported loss equal a single-device
+            step on the global batch. Defaults to `False` (each replica mines its own
+            slice). No-op outside a strategy and on JAX, whose ``DataParallel`` step
+            already sees the global batch. See ``docs/distributed.md``.
 
     Example:
 
@@ -627,13 +698,16 @@ class AngularLoss(_RankingLoss):
         reduction="sum_over_batch_size",
         name="angular_loss",
         dtype=None,
+        cross_replica=False,
     ):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self.cross_replica = _check_bool("cross_replica", cross_replica)
         self.alpha = _check_alpha(alpha)
         self.negatives = _check_negatives(negatives)
 
     def call(self, y_true, y_pred):
-        return angular_loss(y_true, y_pred, alpha=self.alpha, negatives=self.negatives)
+        return angular_loss(y_true, y_pred, alpha=self.alpha, negatives=self.negatives,
+                            cross_replica=self.cross_replica)
 
     def bounds(self, batch_size):
         """(lower, upper) for L2-normalized ``p x 2`` batches (eq. 12, corrected upper)."""
@@ -641,5 +715,6 @@ class AngularLoss(_RankingLoss):
 
     def get_config(self):
         config = super().get_config()
+        config["cross_replica"] = self.cross_replica
         config.update({"alpha": self.alpha, "negatives": self.negatives})
         return config

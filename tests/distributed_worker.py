@@ -38,6 +38,7 @@ import numpy as np  # noqa: E402
 
 from keras_featreg import backend as kf_backend  # noqa: E402
 from keras_featreg.layers import EmbeddingRegularization  # noqa: E402
+from keras_featreg import losses_ranking as lr  # noqa: E402
 from keras_featreg.losses_vicreg import VICRegLoss  # noqa: E402
 from keras_featreg.regularizers import SVMax, SpreadOut, VICReg  # noqa: E402
 
@@ -49,6 +50,20 @@ X = RNG.standard_normal((BATCH, DIM)).astype("float32")
 X2 = (X + 0.3 * RNG.standard_normal((BATCH, DIM))).astype("float32")
 INPUTS = RNG.standard_normal((BATCH, D_IN)).astype("float32")
 TARGETS = RNG.standard_normal((BATCH, DIM)).astype("float32")
+# Ranking losses: unit-norm embeddings, 12 classes x 4 samples shuffled over the global batch
+# (some classes have a single sample, or none, on a replica: local mining differs).
+UNIT = (X / np.linalg.norm(X, axis=1, keepdims=True)).astype("float32")
+LABELS = RNG.permutation(np.repeat(np.arange(12), 4)).astype("int32")
+
+
+def ranking_losses(cross_replica):
+    return {
+        "triplet": lr.TripletLoss(mining="semi-hard", cross_replica=cross_replica),
+        "triplet_hard": lr.TripletLoss(mining="hard", cross_replica=cross_replica),
+        "contrastive": lr.ContrastiveLoss(cross_replica=cross_replica),
+        "npair": lr.NPairLoss(l2_reg=0.002, cross_replica=cross_replica),
+        "angular": lr.AngularLoss(cross_replica=cross_replica),
+    }
 
 
 def regularizers(cross_replica):
@@ -97,6 +112,26 @@ def model_reference(weights, x, y):
             "per_replica_mean": mse + float(np.mean([penalties(s) for s in slices]))}
 
 
+def embedding_model(seed=13):
+    """Dense -> tanh (SVMax(cross_replica=True) activity regularizer) -> Dense -> unit norm."""
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((D_IN,))
+    hidden = keras.layers.Dense(DIM, activation="tanh", name="hidden",
+                                activity_regularizer=SVMax(0.5, cross_replica=True))(inputs)
+    out = keras.layers.UnitNormalization()(keras.layers.Dense(DIM, name="out")(hidden))
+    return keras.Model(inputs, out)
+
+
+def ranking_fit_step(loss, weights, scope=None):
+    """One SGD step of `embedding_model` on the global batch: (reported loss, new weights)."""
+    with scope or contextlib.nullcontext():
+        model = embedding_model()
+        model.set_weights(weights)
+        model.compile(optimizer=keras.optimizers.SGD(0.5), loss=loss)
+    history = model.fit(INPUTS, LABELS, batch_size=BATCH, shuffle=False, verbose=0)
+    return history.history["loss"][0], model.get_weights()
+
+
 def fit_one_step(model, weights, x, y, loss="mse"):
     model.set_weights(weights)
     model.compile(optimizer=keras.optimizers.SGD(0.05), loss=loss)
@@ -117,8 +152,19 @@ def single_device_run(cross_replica):
     return weights, refs, single_loss, single_model.get_weights()
 
 
+_STRATEGY = []
+
+
+def mirrored_strategy():
+    """One MirroredStrategy per process: a second one would reuse the first one's collective
+    instance keys, which TensorFlow's collective executor has already bound to other shapes."""
+    if not _STRATEGY:
+        _STRATEGY.append(tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(REPLICAS)]))
+    return _STRATEGY[0]
+
+
 def tf_checks():
-    strategy = tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(REPLICAS)])
+    strategy = mirrored_strategy()
     share = BATCH // REPLICAS
     slices = [slice(r * share, (r + 1) * share) for r in range(REPLICAS)]
     gathered, local = regularizers(True), regularizers(False)
@@ -227,6 +273,62 @@ def tf_checks():
     RESULTS["fit_step/vicreg_loss"] = maxdiff(runs[True][1], runs[False][1])
 
 
+def tf_ranking_checks():
+    """Ranking losses with cross_replica=True: value, input gradient, one fit step."""
+    strategy = mirrored_strategy()
+    share = BATCH // REPLICAS
+    slices = [slice(r * share, (r + 1) * share) for r in range(REPLICAS)]
+    gathered, local = ranking_losses(True), ranking_losses(False)
+
+    # 1. Every replica holds the global value (returned / replicas, as Keras scales losses);
+    # the gradient of its returned loss w.r.t. its own rows, concatenated over replicas, is
+    # the single-device gradient on the global batch.
+    def replica_fn(y, x):
+        values, grads = {}, {}
+        for tag, losses in (("", gathered), ("local_", local)):
+            for name, loss_fn in losses.items():
+                with tf.GradientTape() as tape:
+                    tape.watch(x)
+                    loss = loss_fn(y, x)
+                values[tag + name], grads[tag + name] = loss * REPLICAS, tape.gradient(loss, x)
+        return values, grads
+
+    dist = strategy.experimental_distribute_values_from_function(
+        lambda ctx: (tf.constant(LABELS[slices[ctx.replica_id_in_sync_group]]),
+                     tf.constant(UNIT[slices[ctx.replica_id_in_sync_group]])))
+    values, grads = tf.function(lambda *a: strategy.run(replica_fn, args=a))(*dist)
+    values = {k: [float(v) for v in strategy.experimental_local_results(t)]
+              for k, t in values.items()}
+    grads = {k: np.concatenate([np.asarray(g) for g in strategy.experimental_local_results(t)])
+             for k, t in grads.items()}
+    for name, loss_fn in local.items():
+        x = tf.constant(UNIT)
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            value = loss_fn(tf.constant(LABELS), x)
+        ref_grad = np.asarray(tape.gradient(value, x))
+        RESULTS[f"ranking/value/{name}"] = maxdiff(values[name], [float(value)] * REPLICAS)
+        RESULTS[f"ranking/grad/{name}"] = maxdiff(grads[name], ref_grad)
+        RESULTS[f"grad_scale/ranking/{name}"] = float(np.max(np.abs(ref_grad)))
+        # Without the option each replica mines its own slice: another loss.
+        refs = [float(loss_fn(LABELS[s], UNIT[s])) for s in slices]
+        RESULTS[f"ranking/local_value/{name}"] = maxdiff(values["local_" + name], refs)
+        RESULTS[f"ranking/local_vs_global/{name}"] = abs(float(np.mean(refs)) - float(value))
+
+    # 2. model.fit, one step: SVMax(cross_replica=True) on the hidden layer and the ranking
+    # loss compiled with cross_replica=True; weights and the reported loss vs one device.
+    weights = embedding_model().get_weights()
+    for name in ("triplet", "contrastive", "npair", "angular"):
+        single_loss, single_weights = ranking_fit_step(local[name], weights)
+        loss, got = ranking_fit_step(gathered[name], weights, strategy.scope())
+        RESULTS[f"ranking/fit_loss/{name}"] = abs(loss - single_loss)
+        RESULTS[f"ranking/fit_step/{name}"] = maxdiff(got, single_weights)
+        RESULTS[f"ranking/fit_moved/{name}"] = maxdiff(single_weights, weights)
+        if name == "triplet":
+            loss, got = ranking_fit_step(local[name], weights, strategy.scope())
+            RESULTS["ranking/fit_local_gap/triplet"] = maxdiff(got, single_weights)
+
+
 # ---- JAX: keras.distribution.DataParallel over two host devices --------------------------
 
 def jax_checks():
@@ -257,6 +359,12 @@ def jax_checks():
     v_1, g_1 = run(VICRegLoss(), [X, X2], one)
     RESULTS["jax/value/vicreg_loss"] = abs(v_s - v_1)
     RESULTS["jax/grad/vicreg_loss"] = maxdiff(g_s, g_1)
+    labels_sharded = jax.device_put(LABELS, sharded)
+    for name, loss_fn in ranking_losses(True).items():
+        v_s, g_s = run(lambda x, f=loss_fn: f(labels_sharded, x), [UNIT], sharded)
+        v_1, g_1 = run(lambda x, f=loss_fn: f(LABELS, x), [UNIT], one)
+        RESULTS[f"jax/value/ranking/{name}"] = abs(v_s - v_1)
+        RESULTS[f"jax/grad/ranking/{name}"] = maxdiff(g_s, g_1)
 
     # 2. model.evaluate / one fit step, single device vs DataParallel, regularizers without
     # cross_replica.  A probe records how the regularized activations are laid out inside
@@ -290,9 +398,26 @@ def jax_checks():
     finally:
         keras.distribution.set_distribution(None)
 
+    # 3. TripletLoss(cross_replica=True) compiled, SVMax(cross_replica=True) attached: one
+    # DataParallel fit step equals one single-device step (the loss is already global).
+    weights = embedding_model().get_weights()
+    single_loss, single_weights = ranking_fit_step(lr.TripletLoss(), weights)
+    keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
+    try:
+        loss, got = ranking_fit_step(lr.TripletLoss(cross_replica=True), weights)
+    finally:
+        keras.distribution.set_distribution(None)
+    RESULTS["jax/ranking/fit_loss"] = abs(loss - single_loss)
+    RESULTS["jax/ranking/fit_step"] = maxdiff(got, single_weights)
+    RESULTS["jax/ranking/fit_moved"] = maxdiff(single_weights, weights)
+
 
 if __name__ == "__main__":
     start = time.process_time()
-    (jax_checks if MODE == "jax" else tf_checks)()
+    if MODE == "jax":
+        jax_checks()
+    else:
+        tf_checks()
+        tf_ranking_checks()
     RESULTS["cpu_seconds"] = {"total": time.process_time(), "checks": time.process_time() - start}
     print("RESULTS " + json.dumps(RESULTS))

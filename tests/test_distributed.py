@@ -1,4 +1,8 @@
-"""Global-batch statistics under data parallelism (issue 3).
+"""Global-batch statistics and ranking losses under data parallelism.
+
+Regularizers, VICRegLoss and the ranking losses (TripletLoss, ContrastiveLoss, NPairLoss,
+AngularLoss) with ``cross_replica=True``; a real multi-worker run is in
+tests/test_multiworker.py, the user-facing notes in docs/distributed.md.
 
 The checks run in child processes (tests/distributed_worker.py) because the devices must be
 configured before TensorFlow/JAX initialize them: two logical CPU devices under
@@ -117,6 +121,42 @@ def test_tf_without_option_loss_is_mean_of_slice_penalties(tf_results):
     assert tf_results["local_evaluate/global_gap"] > 1e-3
 
 
+# ---- Ranking losses with cross_replica=True (TripletLoss, ContrastiveLoss, NPairLoss,
+# AngularLoss): labels and embeddings gathered, mining over the global batch of 48 rows
+# (12 classes x 4, shuffled: some classes are missing or single on a replica).
+
+RANKING = ["triplet", "triplet_hard", "contrastive", "npair", "angular"]
+FIT_TOL = 1e-6
+
+
+@pytest.mark.tensorflow_only
+@pytest.mark.parametrize("name", RANKING)
+def test_tf_ranking_loss_gathered_value_and_gradient_equal_single_device(tf_results, name):
+    # Each replica returns global loss / replicas; d(returned loss)/d(own rows), concatenated
+    # over replicas, is the single-device gradient on the global batch.
+    assert tf_results[f"ranking/value/{name}"] <= TOL
+    _assert_grad(tf_results, f"ranking/grad/{name}", f"ranking/{name}")
+    # Without the option each replica mines its own slice: a different loss.
+    assert tf_results[f"ranking/local_value/{name}"] <= TOL
+    assert tf_results[f"ranking/local_vs_global/{name}"] > 1e-3
+
+
+@pytest.mark.tensorflow_only
+@pytest.mark.parametrize("name", ["triplet", "contrastive", "npair", "angular"])
+def test_tf_ranking_loss_fit_step_equals_single_device(tf_results, name):
+    # model.fit on 2 replicas (SVMax(cross_replica=True) attached, the loss compiled with
+    # cross_replica=True) vs one device on the global batch: the reported loss and the
+    # weights after one SGD step.
+    assert tf_results[f"ranking/fit_moved/{name}"] > 1e-3
+    assert tf_results[f"ranking/fit_loss/{name}"] <= FIT_TOL
+    assert tf_results[f"ranking/fit_step/{name}"] <= FIT_TOL
+
+
+@pytest.mark.tensorflow_only
+def test_tf_ranking_loss_without_option_differs_in_fit(tf_results):
+    assert tf_results["ranking/fit_local_gap/triplet"] > 1e-3
+
+
 # ---- JAX: keras.distribution.DataParallel, 2 host devices (any backend runs this) -------
 
 def test_jax_data_parallel_statistics_are_global(jax_results):
@@ -133,3 +173,16 @@ def test_jax_data_parallel_statistics_are_global(jax_results):
     assert r["jax/global_vs_per_replica_gap"] > 1e-3
     assert r["jax/evaluate/model"] <= TOL
     assert r["jax/fit_step/model"] <= TOL
+
+
+def test_jax_data_parallel_ranking_losses_are_global(jax_results):
+    # A batch-sharded array is the global batch: mining sees all rows, cross_replica=True is
+    # a no-op, and one DataParallel fit step (TripletLoss + SVMax, both cross_replica=True)
+    # equals one single-device step.
+    r = jax_results
+    for name in RANKING:
+        assert r[f"jax/value/ranking/{name}"] <= TOL, name
+        assert r[f"jax/grad/ranking/{name}"] <= TOL, name
+    assert r["jax/ranking/fit_moved"] > 1e-3
+    assert r["jax/ranking/fit_loss"] <= FIT_TOL
+    assert r["jax/ranking/fit_step"] <= FIT_TOL

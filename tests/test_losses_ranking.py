@@ -525,7 +525,7 @@ def test_triplet_loss_accepts_a_custom_miner():
         lr.TripletLoss(margin=0.3, mining="all", soft=True, distance="cosine", name="t"),
         lr.ContrastiveLoss(margin=0.5, distance="squared_euclidean", power=2),
         lr.NPairLoss(negatives="all", l2_reg=0.002),
-        lr.AngularLoss(alpha=30.0, negatives="all"),
+        lr.AngularLoss(alpha=30.0, negatives="all", cross_replica=True),
     ],
     ids=lambda loss: type(loss).__name__,
 )
@@ -537,6 +537,23 @@ def test_config_roundtrip(loss):
     restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(loss))
     assert type(restored) is type(loss) and restored.get_config() == config
     assert keras.saving.get_registered_name(type(loss)) == f"keras_featreg>{type(loss).__name__}"
+
+
+@pytest.mark.parametrize("cls", [lr.TripletLoss, lr.ContrastiveLoss, lr.NPairLoss, lr.AngularLoss])
+def test_cross_replica_option(cls):
+    # Default False, in the config, validated; outside a distribution strategy (and on JAX)
+    # it is a no-op: same value and gradient.
+    assert cls().cross_replica is False and cls().get_config()["cross_replica"] is False
+    assert cls.from_config(cls(cross_replica=True).get_config()).cross_replica is True
+    with pytest.raises(ValueError, match="cross_replica"):
+        cls(cross_replica="yes")
+    rng = np.random.default_rng(5)
+    labels = np.repeat(np.arange(4), 2).astype("int32")
+    x = _normalize(rng.standard_normal((8, 3))).astype("float32")
+    value, grad = _value_and_grad(lambda e: cls()(labels, e), x)
+    value_cr, grad_cr = _value_and_grad(lambda e: cls(cross_replica=True)(labels, e), x)
+    assert float(value_cr) == float(value)
+    np.testing.assert_array_equal(grad_cr, grad)
 
 
 # ------------------------------------------------------------------------------ bounds
