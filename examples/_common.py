@@ -173,6 +173,12 @@ def describe_device():
         devices = jax.devices()
         kind = devices[0].platform.upper()
         return f"JAX devices: {', '.join(str(d) for d in devices)} -- training on {kind}"
+    if backend == "torch":
+        import torch
+
+        if torch.cuda.is_available():
+            return f"torch sees {torch.cuda.device_count()} CUDA device(s) -- training on GPU"
+        return f"torch sees no CUDA device -- training on CPU ({os.cpu_count()} cores)"
     return f"Keras backend {backend!r}"
 
 

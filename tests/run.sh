@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs the whole test suite: TensorFlow backend, JAX backend, and the activity-regularizer
+# Runs the whole test suite: TensorFlow backend, JAX backend, torch backend (when torch is
+# installed), and the activity-regularizer
 # strength tests again under Keras 3.13 (which does not divide activity regularizers by the
 # batch size, unlike Keras >= 3.14). Exits non-zero if any run fails.
 set -uo pipefail
@@ -13,6 +14,13 @@ KERAS_BACKEND=tensorflow "$PY" -m pytest -q -p no:cacheprovider "$@" || status=1
 
 echo "=== pytest, KERAS_BACKEND=jax"
 KERAS_BACKEND=jax "$PY" -m pytest -q -p no:cacheprovider "$@" || status=1
+
+echo "=== pytest, KERAS_BACKEND=torch"
+if "$PY" -c "import torch" 2>/dev/null; then
+    KERAS_BACKEND=torch "$PY" -m pytest -q -p no:cacheprovider "$@" || status=1
+else
+    echo "skipped: torch is not installed (pip install -e \".[torch]\" to run this pass; .ci/run does)"
+fi
 
 echo "=== pytest tests/test_strength.py under Keras 3.13 (no batch-size division)"
 K313=${KERAS313_DIR:-"$HOME/.cache/keras_featreg/keras313"}
