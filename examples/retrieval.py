@@ -30,6 +30,7 @@ Examples::
 
 import argparse
 import contextlib
+import importlib.util
 import math
 import os
 import sys
@@ -44,7 +45,8 @@ PAPER_BATCH = {"contrastive": (36, 4), "triplet": (24, 6), "npair": (72, 2), "an
 PAPER_LAMBDA = {"contrastive": 1.0, "triplet": 0.1, "npair": 1.0, "angular": 2.0}
 LOSSES = tuple(PAPER_BATCH)
 REGULARIZERS = ("none", "spreadout", "svmax", "vicreg")
-DATASETS = ("digits", "fashion_mnist", "cars196", "caltech_birds2011", "stanford_online_products")
+TFDS_DATASETS = ("cars196", "caltech_birds2011", "stanford_online_products")  # the [tfds] extra
+DATASETS = ("digits", "fashion_mnist", *TFDS_DATASETS)
 BACKBONES = {
     # name: (constructor, preprocess_input) -- both looked up lazily in keras.applications
     "mobilenet_v2": ("MobileNetV2", "mobilenet_v2"),
@@ -70,7 +72,8 @@ def parse_args(argv=None):
     parser.add_argument("--dataset", choices=DATASETS, default="digits",
                         help="digits: scikit-learn's 8x8 digits, classes 0-4 train / 5-9 test; "
                              "fashion_mnist: Debian's IDX files, classes 0-4 / 5-9; the tfds "
-                             "datasets need a network (default: %(default)s)")
+                             "datasets need a network and tensorflow-datasets (the [tfds] extra) "
+                             "(default: %(default)s)")
     parser.add_argument("--losses", nargs="+", choices=LOSSES, default=None,
                         help="ranking losses (default: all four; --quick: contrastive npair)")
     parser.add_argument("--regularizers", nargs="+", choices=REGULARIZERS, default=None,
@@ -121,6 +124,10 @@ def parse_args(argv=None):
                              "invocations and write the table and plots under --out/--tag")
     _common.add_common_args(parser, default_out=os.path.join("runs", "retrieval"))
     args = parser.parse_args(argv)
+    if (args.dataset in TFDS_DATASETS and args.merge is None
+            and importlib.util.find_spec("tensorflow_datasets") is None):
+        parser.error(f"--dataset {args.dataset} needs tensorflow-datasets, which is not "
+                     'installed: pip install -e ".[tfds]" (or pip install tensorflow-datasets)')
 
     defaults = DATASET_DEFAULTS[args.dataset]
     if args.weights == "none":

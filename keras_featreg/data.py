@@ -518,7 +518,8 @@ def load_tfds_split(name, image_size=(224, 224), data_dir=None, download=True,
                     as_dataset=False):
     """CUB-200-2011, CARS196 or Stanford Online Products with the open-set split.
 
-    Uses tensorflow-datasets. Splits as in the metric-learning literature:
+    Uses tensorflow-datasets (the ``tfds`` extra: ``pip install "keras-featreg[tfds]"``).
+    Splits as in the metric-learning literature:
     ``caltech_birds2011`` (CUB): classes 0–99 train, 100–199 test (tfds train and
     test splits pooled); ``cars196``: classes 0–97 train, 98–195 test (pooled);
     ``stanford_online_products``: the dataset's own train/test splits, which have
@@ -561,7 +562,8 @@ def load_tfds_split(name, image_size=(224, 224), data_dir=None, download=True,
         import tensorflow_datasets as tfds
     except ImportError as err:
         raise ImportError(
-            "load_tfds_split needs tensorflow-datasets: pip install tensorflow-datasets"
+            "load_tfds_split needs tensorflow-datasets, which is not installed: "
+            'pip install "keras-featreg[tfds]" (or pip install tensorflow-datasets)'
         ) from err
 
     image_size = tuple(int(s) for s in image_size)

@@ -1,6 +1,8 @@
 """Tests for keras_featreg.data: p×l class-balanced batches and open-set loaders."""
 
 import os
+import re
+import sys
 
 import keras
 import numpy as np
@@ -295,6 +297,14 @@ def test_load_tfds_split_with_mock_data(name):
     if name != "stanford_online_products":  # mock SOP reuses one generator per split
         half = {"cars196": 98, "caltech_birds2011": 100}[name]
         assert y_tr.max() < half <= y_te.min()
+
+
+def test_load_tfds_split_without_tensorflow_datasets(monkeypatch):
+    """tensorflow-datasets is an extra: the error names it (`import` of a None entry in
+    sys.modules raises ImportError, as if the package were not installed)."""
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)
+    with pytest.raises(ImportError, match=re.escape('pip install "keras-featreg[tfds]"')):
+        load_tfds_split("cars196", image_size=(12, 10))
 
 
 def test_load_tfds_split_argument_errors():

@@ -9,6 +9,7 @@ random Fashion-MNIST-format IDX files written by the test: it needs no data set.
 """
 
 import csv
+import json
 import math
 import re
 import subprocess
@@ -87,6 +88,23 @@ def test_retrieval_quick(tmp_path):
     _run([EXAMPLES / "retrieval.py", "--merge", tmp_path / "digits_runs.csv", "--out",
           tmp_path / "merged"])
     assert len(_read_csv(tmp_path / "merged" / "digits_table.csv")) == 4
+
+
+def test_retrieval_tfds_dataset_without_tensorflow_datasets():
+    """tensorflow-datasets is the [tfds] extra, not needed by the default digits run: a tfds
+    --dataset without it stops at argument parsing (before TensorFlow loads), naming it."""
+    code = (
+        "import runpy, sys\n"
+        "sys.modules['tensorflow_datasets'] = None  # as if it were not installed\n"
+        f"sys.path.insert(0, {str(EXAMPLES)!r})\n"
+        "sys.argv = ['retrieval.py', '--dataset', 'cars196']\n"
+        f"runpy.run_path({str(EXAMPLES / 'retrieval.py')!r}, run_name='__main__')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], env=script_env(), capture_output=True,
+                          text=True, timeout=TIMEOUT)
+    assert proc.returncode == 2, proc.stderr[-4000:]
+    assert '--dataset cars196 needs tensorflow-datasets' in proc.stderr
+    assert '".[tfds]"' in proc.stderr
 
 
 @pytest.mark.tensorflow_only
@@ -174,7 +192,22 @@ def test_vicreg_ssl_quick(tmp_path):
     _assert_small_png(out_dir / "vicreg_ssl.png")
 
 
+def test_quickstart_notebook_committed_with_outputs():
+    """The notebook is committed executed (readers see its text and figure without running
+    it), in order, without stderr output, and small."""
+    path = EXAMPLES / "quickstart.ipynb"
+    assert path.stat().st_size < 1024 * 1024
+    cells = [c for c in json.loads(path.read_text(encoding="utf-8"))["cells"]
+             if c["cell_type"] == "code"]
+    assert [c["execution_count"] for c in cells] == list(range(1, len(cells) + 1))
+    outputs = [o for c in cells for o in c["outputs"]]
+    assert all(c["outputs"] for c in cells)
+    assert not [o for o in outputs if o["output_type"] == "error" or o.get("name") == "stderr"]
+    assert any("image/png" in o.get("data", {}) for o in outputs)
+
+
 def test_quickstart_notebook():
+    """Executes the notebook afresh, in memory (the file in the repository is not written)."""
     nbformat = pytest.importorskip("nbformat", reason="nbformat is not installed")
     nbclient = pytest.importorskip("nbclient", reason="nbclient is not installed")
     notebook = nbformat.read(EXAMPLES / "quickstart.ipynb", as_version=4)
