@@ -1,4 +1,5 @@
-"""Smoke tests of the example scripts (``examples/``) and the quick-start notebook.
+"""Smoke tests of the example scripts (``examples/``), the paper-reproduction harness
+(``experiments/``) and the quick-start notebook.
 
 Each script runs with ``--quick`` (a few training steps on a tiny subset) in a subprocess,
 which inherits ``KERAS_BACKEND``; the tests check that the outputs exist and that the
@@ -20,7 +21,9 @@ from _helpers import assert_no_native_noise, run_help, script_env, write_fake_fa
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
-SCRIPTS = ("retrieval.py", "gan_mixture.py", "circle_embedding.py", "vicreg_ssl.py")
+EXPERIMENTS = ROOT / "experiments"
+SCRIPTS = ("examples/retrieval.py", "examples/gan_mixture.py", "examples/circle_embedding.py",
+           "examples/vicreg_ssl.py", "experiments/table1.py")
 TIMEOUT = 300  # seconds; each quick run takes well under a minute on an idle 2-core CPU
 
 
@@ -64,19 +67,35 @@ def _assert_small_png(path):
 def test_help(script):
     """``--help`` exits 0 without importing TensorFlow, Keras or JAX, and prints no
     TensorFlow start-up lines."""
-    out = run_help(EXAMPLES / script)
+    out = run_help(ROOT / script)
     assert "--quick" in out and "--mixed-precision" in out
 
 
 def test_retrieval_quick(tmp_path):
+    """The teaching script: per-run NMI / R@1 / R@8 from the library's callbacks, a table."""
     out = _run([EXAMPLES / "retrieval.py", "--quick", "--out", tmp_path], quiet=True)
     recalls, nmis = _numbers_after("R@1", out), _numbers_after("NMI", out)
     assert len(recalls) == len(nmis) == 4  # contrastive, npair x none, svmax
     assert all(math.isfinite(v) and 0 <= v <= 100 for v in recalls)
     assert all(math.isfinite(v) and 0 <= v <= 1 for v in nmis)
     assert "training on" in out  # the device line
-    runs = _read_csv(tmp_path / "digits_runs.csv")
+    assert "| loss | regularizer | lr | NMI |" in out
+    runs = _read_csv(tmp_path / "retrieval_digits.csv")
     _assert_finite_columns(runs, ["nmi", "r@1", "r@8", "test_s_mu", "test_s_mu_upper"])
+    assert {r["regularizer"] for r in runs} == {"none", "svmax"}
+    _assert_small_png(tmp_path / "retrieval_digits.png")
+
+
+def test_table1_quick(tmp_path):
+    """The paper harness: runs CSV, mean +- std table, plots, and --merge."""
+    out = _run([EXPERIMENTS / "table1.py", "--quick", "--out", tmp_path], quiet=True)
+    recalls, nmis = _numbers_after("R@1", out), _numbers_after("NMI", out)
+    assert len(recalls) == len(nmis) == 4  # contrastive, npair x none, svmax
+    assert all(math.isfinite(v) and 0 <= v <= 100 for v in recalls)
+    assert all(math.isfinite(v) and 0 <= v <= 1 for v in nmis)
+    assert "training on" in out  # the device line
+    runs = _read_csv(tmp_path / "digits_runs.csv")
+    _assert_finite_columns(runs, ["nmi", "r@1", "r@8", "map@r", "test_s_mu", "test_s_mu_upper"])
     assert {r["regularizer"] for r in runs} == {"none", "svmax"}
     table = _read_csv(tmp_path / "digits_table.csv")
     assert len(table) == 4
@@ -84,7 +103,7 @@ def test_retrieval_quick(tmp_path):
     _assert_small_png(tmp_path / "digits_recall_vs_lr.png")
     _assert_small_png(tmp_path / "digits_test_smu.png")
     # --merge re-summarizes earlier runs without training
-    _run([EXAMPLES / "retrieval.py", "--merge", tmp_path / "digits_runs.csv", "--out",
+    _run([EXPERIMENTS / "table1.py", "--merge", tmp_path / "digits_runs.csv", "--out",
           tmp_path / "merged"])
     assert len(_read_csv(tmp_path / "merged" / "digits_table.csv")) == 4
 
@@ -96,10 +115,10 @@ def test_retrieval_tfds_backbone_mixed_precision(tmp_path):
     code = (
         "import sys\n"
         "import tensorflow_datasets as tfds\n"
-        f"sys.path.insert(0, {str(EXAMPLES)!r})\n"
-        "import retrieval\n"
+        f"sys.path.insert(0, {str(EXPERIMENTS)!r})\n"
+        "import table1\n"
         "with tfds.testing.mock_data(num_examples=48):\n"
-        "    rows = retrieval.main(['--dataset', 'cars196', '--quick', '--losses', 'triplet',\n"
+        "    rows = table1.main(['--dataset', 'cars196', '--quick', '--losses', 'triplet',\n"
         "                           '--regularizers', 'svmax',\n"
         "                           '--backbone', 'mobilenet_v2', '--weights', 'none',\n"
         "                           '--image-size', '32', '--mixed-precision',\n"
@@ -113,12 +132,12 @@ def test_retrieval_tfds_backbone_mixed_precision(tmp_path):
     _assert_finite_columns(runs, ["r@1", "test_s_mu"])
 
 
-def test_retrieval_schedule_and_layout():
-    sys.path.insert(0, str(EXAMPLES))
+def test_table1_schedule_and_layout():
+    sys.path.insert(0, str(EXPERIMENTS))
     try:
-        import retrieval
+        import table1 as retrieval
     finally:
-        sys.path.remove(str(EXAMPLES))
+        sys.path.remove(str(EXPERIMENTS))
     schedule = retrieval.ConstantThenPolynomialDecay(0.01, total_steps=100)
     values = [float(schedule(step)) for step in (0, 25, 50, 75, 100, 150)]
     assert values[0] == pytest.approx(0.01) and values[2] == pytest.approx(0.01)

@@ -1,4 +1,8 @@
-"""Metric learning with a ranking loss and an embedding regularizer (SVMax paper, Sec. 4.1).
+"""Paper reproduction harness: Table 1 / Fig. 6, 9, 15 of the SVMax paper (Sec. 4.1).
+
+(The teaching version, one short script that reads top to bottom, is
+``examples/retrieval.py``; this one adds the sweeps, other datasets, backbones, the
+distributed hook, CSV merging, tables and plots.)
 
 Trains an L2-normalized d=128 embedding with a ranking loss (contrastive, hard triplet,
 N-pair, angular) with and without an embedding regularizer (spread-out, SVMax, VICReg) over
@@ -21,11 +25,11 @@ paper Fig. 6 / appendix Fig. 15).
 
 Examples::
 
-    python examples/retrieval.py                                  # digits, a few minutes
-    python examples/retrieval.py --dataset fashion_mnist --seeds 0 1 2
-    python examples/retrieval.py --losses contrastive --regularizers none svmax \\
+    python experiments/table1.py                                  # digits, a few minutes
+    python experiments/table1.py --dataset fashion_mnist --seeds 0 1 2
+    python experiments/table1.py --losses contrastive --regularizers none svmax \\
         --batch-sizes 72 144 --lrs 0.01
-    python examples/retrieval.py --dataset cars196 --backbone resnet50 --image-size 224
+    python experiments/table1.py --dataset cars196 --backbone resnet50 --image-size 224
 """
 
 import argparse
@@ -35,9 +39,11 @@ import os
 import sys
 import time
 
-import _common  # noqa: I001  (sets TF_CPP_MIN_LOG_LEVEL and the Agg backend first)
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "examples"))
+import _common  # noqa: E402,I001  (sets TF_CPP_MIN_LOG_LEVEL and the Agg backend first)
 
-SCRIPT = "retrieval"
+SCRIPT = "table1"
 # The paper's p (classes per batch) x l (samples per class), b = 144 for every loss.
 PAPER_BATCH = {"contrastive": (36, 4), "triplet": (24, 6), "npair": (72, 2), "angular": (72, 2)}
 # The paper's SVMax lambda per ranking loss (bounded SVMax, eq. 4).
@@ -119,7 +125,7 @@ def parse_args(argv=None):
     parser.add_argument("--merge", nargs="+", metavar="RUNS_CSV", default=None,
                         help="train nothing: merge *_runs.csv files of earlier (e.g. parallel) "
                              "invocations and write the table and plots under --out/--tag")
-    _common.add_common_args(parser, default_out=os.path.join("runs", "retrieval"))
+    _common.add_common_args(parser, default_out=os.path.join("runs", "table1"))
     args = parser.parse_args(argv)
 
     defaults = DATASET_DEFAULTS[args.dataset]
@@ -420,17 +426,19 @@ def train_and_evaluate(args, train, test, input_scale, loss_name, reg_name, lr, 
         "iterations": args.iterations, "final_loss": progress.last_loss,
     }
     if np.all(np.isfinite(emb)) and math.isfinite(progress.last_loss):
-        recalls = evaluation.recall_at_k(emb, y_te, ks=(1, 2, 4, 8))
+        repeated = len(np.unique(y_te)) < len(y_te)  # MAP@R needs a label that occurs twice
+        scores = evaluation.evaluate_retrieval(emb, y_te, ks=(1, 2, 4, 8), map_at_r=repeated)
         stats = metrics.spectrum_statistics(emb)
         row.update({
-            "nmi": evaluation.nmi(emb, y_te, seed=0),
-            **{f"r@{k}": 100.0 * v for k, v in recalls.items()},
+            "nmi": scores["nmi"], "map@r": 100.0 * scores.get("map@r", float("nan")),
+            **{f"r@{k}": 100.0 * scores[f"recall@{k}"] for k in (1, 2, 4, 8)},
             "test_s_mu": stats["s_mu"], "test_s_mu_lower": stats["s_mu_lower"],
             "test_s_mu_upper": stats["s_mu_upper"],
             "collapsed_fraction": stats["collapsed_fraction"], "diverged": 0,
         })
     else:  # NaN loss: a degenerate run (reported, not hidden)
-        row.update({"nmi": float("nan"), **{f"r@{k}": float("nan") for k in (1, 2, 4, 8)},
+        row.update({"nmi": float("nan"), "map@r": float("nan"),
+                    **{f"r@{k}": float("nan") for k in (1, 2, 4, 8)},
                     "test_s_mu": float("nan"), "test_s_mu_lower": float("nan"),
                     "test_s_mu_upper": float("nan"), "collapsed_fraction": float("nan"),
                     "diverged": 1})
@@ -510,13 +518,14 @@ STYLES = ["-", "--", ":", "-."]
 def _loss_axes(table):
     plt = _common.pyplot()
     losses = [n for n in LOSSES if any(t["loss"] == n for t in table)]
-    fig, axes = plt.subplots(1, len(losses), figsize=(3.0 * len(losses), 2.7), squeeze=False)
+    fig, axes = plt.subplots(1, len(losses), figsize=(max(10.0, 4.0 * len(losses)), 4.2),
+                             squeeze=False)
     return fig, list(zip(axes[0], losses))
 
 
 def _errorbar(ax, pts, **kwargs):
     xs, means, stds = (np.array(v, dtype=float) for v in zip(*sorted(pts)))
-    ax.errorbar(xs, means, yerr=stds, marker="o", ms=3, capsize=2, **kwargs)
+    ax.errorbar(xs, means, yerr=stds, marker="o", ms=5, capsize=3, **kwargs)
 
 
 def plot_recall_vs_lr(table, path):
@@ -533,11 +542,12 @@ def plot_recall_vs_lr(table, path):
                     _errorbar(ax, pts, color=COLORS[reg], ls=STYLES[i % len(STYLES)],
                               label=reg if len(sizes) == 1 else f"{reg} b={b}")
         ax.set_xscale("log")
-        ax.set_title(f"{loss} (b={'/'.join(map(str, sizes))})", fontsize=9)
-        ax.set_xlabel("learning rate", fontsize=8)
-        ax.tick_params(labelsize=7)
-    axes[0][0].set_ylabel("R@1 (%), test classes", fontsize=8)
-    axes[0][0].legend(fontsize=6)
+        ax.set_title(f"{loss} loss (b={'/'.join(map(str, sizes))}): R@1 vs lr", fontsize=12)
+        ax.set_xlabel("learning rate", fontsize=11)
+        ax.set_ylabel("R@1 (%), test classes", fontsize=11)
+        ax.tick_params(labelsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=10)
     fig.tight_layout()
     return _common.save_figure(fig, path)
 
@@ -564,16 +574,17 @@ def plot_test_smu(table, path):
         ax.axhline(upper, color="red", lw=1, label=f"upper bound U={upper:.2f}")
         if by_batch:
             ax.set_xticks(sizes)
-            ax.set_xlabel("training batch size b", fontsize=8)
-            ax.set_title(loss, fontsize=9)
+            ax.set_xlabel("training batch size b", fontsize=11)
+            ax.set_title(f"{loss} loss: test s_μ vs b", fontsize=12)
         else:
             ax.set_xscale("log")
-            ax.set_xlabel("learning rate", fontsize=8)
-            ax.set_title(f"{loss} (b={sizes[0]})", fontsize=9)
+            ax.set_xlabel("learning rate", fontsize=11)
+            ax.set_title(f"{loss} loss (b={sizes[0]}): test s_μ", fontsize=12)
         ax.set_ylim(0, upper * 1.08)
-        ax.tick_params(labelsize=7)
-    axes[0][0].set_ylabel("s_μ of the test embeddings", fontsize=8)
-    axes[0][0].legend(fontsize=6, loc="lower left")
+        ax.set_ylabel("s_μ of the test embeddings", fontsize=11)
+        ax.tick_params(labelsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=10, loc="lower left")
     fig.tight_layout()
     return _common.save_figure(fig, path)
 
