@@ -65,7 +65,7 @@ class HoldThenDecay(keras.optimizers.schedules.LearningRateSchedule):
     """The paper's schedule: `lr` for K/2 steps, then a linear decay to 1e-7 at step K."""
 
     def __init__(self, lr, total_steps):
-        self.lr, self.half = lr, total_steps // 2
+        self.lr, self.half = lr, max(1, total_steps // 2)
 
     def __call__(self, step):
         t = ops.clip(ops.cast(step, "float32") / self.half - 1.0, 0.0, 1.0)
