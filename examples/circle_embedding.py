@@ -8,10 +8,6 @@ paper's value for the contrastive loss). Snapshots of the test embeddings over e
 saved as one PNG (rows: vanilla, SVMax; columns: epochs), and
 :class:`keras_featreg.metrics.SpectrumMonitor` logs the test s_mu and its bounds every epoch.
 With SVMax the embedding should spread over the circle sooner.
-
-Example::
-
-    python examples/circle_embedding.py --epochs 30
 """
 
 import argparse
@@ -25,10 +21,7 @@ SCRIPT = "circle_embedding"
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--steps-per-epoch", type=int, default=20)
     parser.add_argument("--lr", type=float, default=0.01, help="SGD learning rate")
@@ -53,12 +46,10 @@ _common.import_keras()  # TensorFlow and Keras, without TensorFlow's native star
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from keras_featreg import data as data_lib  # noqa: E402
-from keras_featreg import evaluation  # noqa: E402
-from keras_featreg.layers import EmbeddingRegularization  # noqa: E402
+from keras_featreg import SVMax, EmbeddingRegularization, data as data_lib  # noqa: E402
+from keras_featreg.evaluation import recall_at_k  # noqa: E402
 from keras_featreg.losses_ranking import ContrastiveLoss  # noqa: E402
 from keras_featreg.metrics import SpectrumMonitor  # noqa: E402
-from keras_featreg.regularizers import SVMax  # noqa: E402
 
 
 def load_digits_all(seed):
@@ -107,6 +98,24 @@ def angular_coverage(emb, bins=36):
     return float(np.mean(hist > 0))
 
 
+def plot(snapshots, labels, path):
+    """Rows: vanilla, SVMax; columns: epochs; points coloured by digit (one shared legend)."""
+    epochs = sorted(snapshots["vanilla"])
+    fig, axes = _common.pyplot().subplots(2, len(epochs), figsize=(max(10, 2.6 * len(epochs)), 6),
+                                          squeeze=False)
+    for r, name in enumerate(("vanilla", "svmax")):
+        for c, epoch in enumerate(epochs):
+            ax = axes[r][c]
+            _common.scatter_by_class(ax, snapshots[name][epoch], labels, size=6, unit_circle=True)
+            ax.set_title(f"{'SVMax' if name == 'svmax' else 'vanilla'}, epoch {epoch}", fontsize=11)
+            ax.set_xlabel("embedding dim 1", fontsize=10)
+            ax.set_ylabel("embedding dim 2", fontsize=10)
+    handles, names = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, names, title="digit", loc="center right", fontsize=10, markerscale=3)
+    fig.tight_layout(rect=(0, 0, 0.93, 1))
+    _common.save_figure(fig, path)
+
+
 def main(argv=None):
     args = parse_args(argv)
     out = _common.setup(args, SCRIPT)
@@ -139,7 +148,7 @@ def main(argv=None):
         emb = snaps.embeddings.get(args.epochs)
         if emb is None:
             emb = model.predict(x_te, verbose=0)
-        recall = evaluation.recall_at_k(emb, y_te, ks=(1,))[1]
+        recall = recall_at_k(emb, y_te, ks=(1,))[1]
         final = monitor.history[-1]
         row = {"variant": name, "lambda": lam or 0.0, "epochs": args.epochs,
                "test_s_mu": final["s_mu"], "s_mu_upper": final["s_mu_upper"],
@@ -153,19 +162,7 @@ def main(argv=None):
               f"({row['seconds']:.1f}s)", flush=True)
 
     _common.write_csv(results, os.path.join(out, "circle_embedding.csv"))
-    plt = _common.pyplot()
-    epochs = sorted(snapshots["vanilla"])
-    fig, axes = plt.subplots(2, len(epochs), figsize=(1.5 * len(epochs), 3.2), squeeze=False)
-    for r, name in enumerate(("vanilla", "svmax")):
-        for c, epoch in enumerate(epochs):
-            ax = axes[r][c]
-            _common.scatter_by_class(ax, snapshots[name][epoch], y_te, size=3, unit_circle=True)
-            if r == 0:
-                ax.set_title(f"epoch {epoch}", fontsize=8)
-            if c == 0:
-                ax.set_ylabel("vanilla" if name == "vanilla" else "SVMax", fontsize=8)
-    fig.tight_layout(pad=0.3)
-    _common.save_figure(fig, os.path.join(out, "circle_embedding.png"), dpi=70)
+    plot(snapshots, y_te, os.path.join(out, "circle_embedding.png"))
     print(f"[{SCRIPT}] total {time.perf_counter() - t0:.0f}s")
     return results
 

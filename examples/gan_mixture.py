@@ -299,7 +299,7 @@ def plot_heatmaps(snapshots, variants, path, bins=80, extent=3.0, max_rows=6):
         idx = np.unique(np.linspace(0, len(steps) - 1, max_rows).round().astype(int))
         steps = [steps[i] for i in idx]
     rows = len(steps) + 1
-    fig, axes = plt.subplots(rows, len(variants), figsize=(1.6 * len(variants), 1.6 * rows),
+    fig, axes = plt.subplots(rows, len(variants), figsize=(3.2 * len(variants) + 0.4, 3.0 * rows),
                              squeeze=False)
     edges = np.linspace(-extent, extent, bins + 1)
     truth = sample_real(10_000, np.random.default_rng(123))
@@ -311,15 +311,16 @@ def plot_heatmaps(snapshots, variants, path, bins=80, extent=3.0, max_rows=6):
             hist, _, _ = np.histogram2d(pts[:, 0], pts[:, 1], bins=[edges, edges])
             ax.imshow(np.log1p(hist.T), origin="lower", cmap="viridis",
                       extent=(-extent, extent, -extent, extent), interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if r == 0:
-                ax.set_title(variant, fontsize=8)
-            if c == 0:
-                ax.set_ylabel("ground truth" if r == len(steps) else f"step {steps[r]}",
-                              fontsize=7)
-    fig.tight_layout(pad=0.3)
-    return _common.save_figure(fig, path, dpi=70)
+            ax.set_xticks([-2, 0, 2])
+            ax.set_yticks([-2, 0, 2])
+            ax.tick_params(labelsize=10)
+            ax.set_xlabel("x", fontsize=10)
+            ax.set_ylabel("y", fontsize=10)
+            ax.set_title("data (ground truth)" if r == len(steps)
+                         else f"{variant}, step {steps[r]}", fontsize=11)
+    fig.suptitle("generated density, log(1 + count)", fontsize=12)
+    fig.tight_layout()
+    return _common.save_figure(fig, path)
 
 
 def main(argv=None):

@@ -3,7 +3,8 @@
 A small conv encoder (3 conv blocks with batch norm, a 4 x width = 64-d representation after
 average pooling) and an expander (256-256-256, the official 8192-8192-8192 scaled down) are
 trained on two augmented views of each image (random shift/crop, horizontal flip, Gaussian
-noise) with a custom ``train_step`` (``tf.GradientTape``; TensorFlow backend only):
+noise) with ``fit``: the model's ``call`` embeds both views and its ``compute_loss``
+applies the objective, so Keras' own ``train_step`` trains it on TensorFlow, JAX and torch:
 
 * ``vicreg``: :class:`keras_featreg.losses.VICRegLoss`, the official weights
   ``25 * invariance + 25 * variance + 1 * covariance``;
@@ -21,10 +22,7 @@ encoder randomly initialized, and the spread of the embeddings with
 between its bounds: 0 = rank one, 1 = perfectly spread). Data: the Fashion-MNIST IDX files of
 Debian's ``dataset-fashion-mnist`` package (or ``--data-dir``), all 10 classes.
 
-Example::
-
-    python examples/vicreg_ssl.py                       # vicreg and svmax, a few minutes
-    python examples/vicreg_ssl.py --regularizer svmax none --epochs 10
+    python examples/vicreg_ssl.py --regularizer vicreg svmax none
 """
 
 import argparse
@@ -39,10 +37,7 @@ VARIANTS = ("vicreg", "svmax", "none")
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--regularizer", nargs="+", choices=VARIANTS,
                         default=["vicreg", "svmax"],
                         help="objectives to pretrain with, one run each (default: vicreg svmax)")
@@ -74,12 +69,10 @@ def parse_args(argv=None):
 if __name__ == "__main__":
     parse_args(sys.argv[1:])  # --help and bad flags exit here, before TensorFlow is loaded
 
-_common.require_tensorflow_backend(SCRIPT)
-_common.import_keras()  # TensorFlow and Keras, without TensorFlow's native start-up lines
+_common.import_keras()  # Keras (and TensorFlow, which the library imports), quietly
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
 from keras_featreg import data as data_lib  # noqa: E402
 from keras_featreg import metrics  # noqa: E402
@@ -166,28 +159,39 @@ class InvarianceOnly:
 
 
 class SelfSupervised(keras.Model):
-    """Two augmented views -> encoder -> expander -> objective(z_a, z_b)."""
+    """Two augmented views -> encoder -> expander -> objective(z_a, z_b).
 
-    def __init__(self, encoder, expander, augmenter, objective, **kwargs):
+    In training, ``call`` returns both views' embeddings, stacked (each view goes through
+    the network on its own, so batch normalization sees one view at a time); in inference
+    (``predict``) the embedding of the unaugmented input. ``compute_loss`` applies the
+    objective and logs its terms: Keras' ``train_step`` of every backend does the rest
+    (gradients, mixed-precision loss scaling, the optimizer step).
+    """
+
+    def __init__(self, encoder, expander, augmenter, objective, term_names, **kwargs):
         super().__init__(**kwargs)
         self.encoder, self.expander, self.augmenter = encoder, expander, augmenter
         self.objective = objective
+        self.term_trackers = [keras.metrics.Mean(name=name) for name in term_names]
 
-    def call(self, x, training=False):
+    def build(self, input_shape):  # the encoder and the expander come built
+        self.augmenter.build(input_shape)
+
+    def embed(self, x, training=False):
         return self.expander(self.encoder(x, training=training), training=training)
 
-    def train_step(self, x):
-        view_a = self.augmenter(x, training=True)
-        view_b = self.augmenter(x, training=True)
-        with tf.GradientTape() as tape:
-            z_a = self(view_a, training=True)
-            z_b = self(view_b, training=True)
-            loss, parts = self.objective(z_a, z_b)
-            scaled = self.optimizer.scale_loss(loss)  # loss scaling under mixed_float16
-        weights = self.trainable_weights
-        grads = tape.gradient(scaled, weights)
-        self.optimizer.apply_gradients(zip(grads, weights))
-        return {"loss": loss, **parts}
+    def call(self, x, training=False):
+        if not training:
+            return self.embed(x)
+        z_a = self.embed(self.augmenter(x, training=True), training=True)
+        z_b = self.embed(self.augmenter(x, training=True), training=True)
+        return keras.ops.stack([z_a, z_b], axis=1)
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        loss, parts = self.objective(y_pred[:, 0], y_pred[:, 1])
+        for tracker in self.term_trackers:
+            tracker.update_state(parts[tracker.name])
+        return loss
 
 
 def linear_probe(encoder, train, test):
@@ -214,11 +218,12 @@ def spread(model, encoder, x):
 
 
 def make_objective(name, args):
+    """(objective, names of the terms it logs)."""
     if name == "vicreg":
-        return VICRegObjective()
+        return VICRegObjective(), ("invariance", "variance", "covariance")
     if name == "svmax":
-        return SVMaxObjective(args.svmax_lambda)
-    return InvarianceOnly()
+        return SVMaxObjective(args.svmax_lambda), ("invariance", "svmax")
+    return InvarianceOnly(), ("invariance",)
 
 
 def main(argv=None):
@@ -246,8 +251,8 @@ def main(argv=None):
         keras.utils.set_random_seed(args.seed)
         encoder = make_encoder(x_pre.shape[1:], args.width)
         expander = make_expander(encoder.output_shape[-1], args.expander)
-        model = SelfSupervised(encoder, expander, make_augmenter(args.noise), make_objective(
-            name, args))
+        model = SelfSupervised(encoder, expander, make_augmenter(args.noise),
+                               *make_objective(name, args))
         model.compile(optimizer=keras.optimizers.Adam(args.lr), jit_compile=False)
         print(f"[{SCRIPT}] pretraining with {name}: {args.epochs} epochs, batch {args.batch_size}",
               flush=True)
@@ -278,14 +283,17 @@ def main(argv=None):
     _common.write_csv(rows, os.path.join(out, "vicreg_ssl.csv"))
     with open(os.path.join(out, "vicreg_ssl.md"), "w") as f:
         f.write(md)
-    plt = _common.pyplot()
-    fig, ax = plt.subplots(figsize=(4, 2.4))
-    ax.barh([r["encoder"] for r in rows], [r["probe_acc_%"] for r in rows], color="tab:blue")
-    for i, r in enumerate(rows):
-        ax.text(r["probe_acc_%"] + 0.3, i, f"{r['probe_acc_%']:.1f}", va="center", fontsize=7)
-    ax.set_xlabel("linear probe accuracy (%)", fontsize=8)
-    ax.set_xlim(0, 100)
-    ax.tick_params(labelsize=7)
+    fig, axes = _common.pyplot().subplots(1, 2, figsize=(11, 0.6 * len(rows) + 2.5))
+    panels = [("probe_acc_%", "linear probe accuracy (%)", 100, "{:.1f}"),
+              ("emb_s_mu_position", "embedding s_μ position (0 = rank one, 1 = spread)", 1,
+               "{:.3f}")]
+    for ax, (key, label, limit, fmt) in zip(axes, panels):
+        ax.barh([r["encoder"] for r in rows], [r[key] for r in rows], color="tab:blue")
+        for i, r in enumerate(rows):
+            ax.text(r[key] + 0.01 * limit, i, fmt.format(r[key]), va="center", fontsize=10)
+        ax.set(xlim=(0, 1.12 * limit), xlabel=label, ylabel="encoder",
+               title=label.split(" (")[0] + ", Fashion-MNIST")
+        ax.invert_yaxis()
     fig.tight_layout()
     _common.save_figure(fig, os.path.join(out, "vicreg_ssl.png"))
     print(f"[{SCRIPT}] total {time.perf_counter() - t0:.0f}s")

@@ -1,9 +1,11 @@
-"""Smoke tests of the example scripts (``examples/``) and the quick-start notebook.
+"""Smoke tests of the example scripts (``examples/``), the paper-reproduction harness
+(``experiments/``) and the quick-start notebook.
 
 Each script runs with ``--quick`` (a few training steps on a tiny subset) in a subprocess,
 which inherits ``KERAS_BACKEND``; the tests check that the outputs exist and that the
-printed metrics are finite. The GAN and VICReg-SSL examples use a TensorFlow custom
-``train_step`` (``tf.GradientTape``), hence ``tensorflow_only``. ``--help`` must not load
+printed metrics are finite. The GAN example uses a TensorFlow custom ``train_step``
+(``tf.GradientTape``), hence ``tensorflow_only``, as do the harness's tfds/backbone/mixed
+precision test; the VICReg-SSL example trains through ``compute_loss`` on every backend. ``--help`` must not load
 TensorFlow, and no run may print TensorFlow's native start-up lines. The VICReg-SSL run reads
 random Fashion-MNIST-format IDX files written by the test: it needs no data set.
 """
@@ -21,7 +23,9 @@ from _helpers import assert_no_native_noise, run_help, script_env, write_fake_fa
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
-SCRIPTS = ("retrieval.py", "gan_mixture.py", "circle_embedding.py", "vicreg_ssl.py")
+EXPERIMENTS = ROOT / "experiments"
+SCRIPTS = ("examples/retrieval.py", "examples/gan_mixture.py", "examples/circle_embedding.py",
+           "examples/vicreg_ssl.py", "experiments/table1.py")
 TIMEOUT = 300  # seconds; each quick run takes well under a minute on an idle 2-core CPU
 
 
@@ -65,19 +69,35 @@ def _assert_small_png(path):
 def test_help(script):
     """``--help`` exits 0 without importing TensorFlow, Keras or JAX, and prints no
     TensorFlow start-up lines."""
-    out = run_help(EXAMPLES / script)
+    out = run_help(ROOT / script)
     assert "--quick" in out and "--mixed-precision" in out
 
 
 def test_retrieval_quick(tmp_path):
+    """The teaching script: per-run NMI / R@1 / R@8 from the library's callbacks, a table."""
     out = _run([EXAMPLES / "retrieval.py", "--quick", "--out", tmp_path], quiet=True)
     recalls, nmis = _numbers_after("R@1", out), _numbers_after("NMI", out)
     assert len(recalls) == len(nmis) == 4  # contrastive, npair x none, svmax
     assert all(math.isfinite(v) and 0 <= v <= 100 for v in recalls)
     assert all(math.isfinite(v) and 0 <= v <= 1 for v in nmis)
     assert "training on" in out  # the device line
-    runs = _read_csv(tmp_path / "digits_runs.csv")
+    assert "| loss | regularizer | lr | NMI |" in out
+    runs = _read_csv(tmp_path / "retrieval_digits.csv")
     _assert_finite_columns(runs, ["nmi", "r@1", "r@8", "test_s_mu", "test_s_mu_upper"])
+    assert {r["regularizer"] for r in runs} == {"none", "svmax"}
+    _assert_small_png(tmp_path / "retrieval_digits.png")
+
+
+def test_table1_quick(tmp_path):
+    """The paper harness: runs CSV, mean +- std table, plots, and --merge."""
+    out = _run([EXPERIMENTS / "table1.py", "--quick", "--out", tmp_path], quiet=True)
+    recalls, nmis = _numbers_after("R@1", out), _numbers_after("NMI", out)
+    assert len(recalls) == len(nmis) == 4  # contrastive, npair x none, svmax
+    assert all(math.isfinite(v) and 0 <= v <= 100 for v in recalls)
+    assert all(math.isfinite(v) and 0 <= v <= 1 for v in nmis)
+    assert "training on" in out  # the device line
+    runs = _read_csv(tmp_path / "digits_runs.csv")
+    _assert_finite_columns(runs, ["nmi", "r@1", "r@8", "map@r", "test_s_mu", "test_s_mu_upper"])
     assert {r["regularizer"] for r in runs} == {"none", "svmax"}
     table = _read_csv(tmp_path / "digits_table.csv")
     assert len(table) == 4
@@ -85,20 +105,20 @@ def test_retrieval_quick(tmp_path):
     _assert_small_png(tmp_path / "digits_recall_vs_lr.png")
     _assert_small_png(tmp_path / "digits_test_smu.png")
     # --merge re-summarizes earlier runs without training
-    _run([EXAMPLES / "retrieval.py", "--merge", tmp_path / "digits_runs.csv", "--out",
+    _run([EXPERIMENTS / "table1.py", "--merge", tmp_path / "digits_runs.csv", "--out",
           tmp_path / "merged"])
     assert len(_read_csv(tmp_path / "merged" / "digits_table.csv")) == 4
 
 
-def test_retrieval_tfds_dataset_without_tensorflow_datasets():
+def test_table1_tfds_dataset_without_tensorflow_datasets():
     """tensorflow-datasets is the [tfds] extra, not needed by the default digits run: a tfds
     --dataset without it stops at argument parsing (before TensorFlow loads), naming it."""
     code = (
         "import runpy, sys\n"
         "sys.modules['tensorflow_datasets'] = None  # as if it were not installed\n"
-        f"sys.path.insert(0, {str(EXAMPLES)!r})\n"
-        "sys.argv = ['retrieval.py', '--dataset', 'cars196']\n"
-        f"runpy.run_path({str(EXAMPLES / 'retrieval.py')!r}, run_name='__main__')\n"
+        f"sys.path[:0] = [{str(EXPERIMENTS)!r}, {str(EXAMPLES)!r}]\n"
+        "sys.argv = ['table1.py', '--dataset', 'cars196']\n"
+        f"runpy.run_path({str(EXPERIMENTS / 'table1.py')!r}, run_name='__main__')\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], env=script_env(), capture_output=True,
                           text=True, timeout=TIMEOUT)
@@ -114,10 +134,10 @@ def test_retrieval_tfds_backbone_mixed_precision(tmp_path):
     code = (
         "import sys\n"
         "import tensorflow_datasets as tfds\n"
-        f"sys.path.insert(0, {str(EXAMPLES)!r})\n"
-        "import retrieval\n"
+        f"sys.path.insert(0, {str(EXPERIMENTS)!r})\n"
+        "import table1\n"
         "with tfds.testing.mock_data(num_examples=48):\n"
-        "    rows = retrieval.main(['--dataset', 'cars196', '--quick', '--losses', 'triplet',\n"
+        "    rows = table1.main(['--dataset', 'cars196', '--quick', '--losses', 'triplet',\n"
         "                           '--regularizers', 'svmax',\n"
         "                           '--backbone', 'mobilenet_v2', '--weights', 'none',\n"
         "                           '--image-size', '32', '--mixed-precision',\n"
@@ -131,12 +151,12 @@ def test_retrieval_tfds_backbone_mixed_precision(tmp_path):
     _assert_finite_columns(runs, ["r@1", "test_s_mu"])
 
 
-def test_retrieval_schedule_and_layout():
-    sys.path.insert(0, str(EXAMPLES))
+def test_table1_schedule_and_layout():
+    sys.path.insert(0, str(EXPERIMENTS))
     try:
-        import retrieval
+        import table1 as retrieval
     finally:
-        sys.path.remove(str(EXAMPLES))
+        sys.path.remove(str(EXPERIMENTS))
     schedule = retrieval.ConstantThenPolynomialDecay(0.01, total_steps=100)
     values = [float(schedule(step)) for step in (0, 25, 50, 75, 100, 150)]
     assert values[0] == pytest.approx(0.01) and values[2] == pytest.approx(0.01)
@@ -174,7 +194,6 @@ def test_circle_embedding_quick(tmp_path):
     _assert_small_png(tmp_path / "circle_embedding.png")
 
 
-@pytest.mark.tensorflow_only
 def test_vicreg_ssl_quick(tmp_path):
     """The whole example on random images in Fashion-MNIST's format: the code path, not the
     data set (the loader reads the real one in test_data.py when it is installed)."""
