@@ -420,7 +420,7 @@ class TripletLoss(_RankingLoss):
             replicas, so one ``model.fit`` step and the reported loss equal a single-device
             step on the global batch. Defaults to `False` (each replica mines its own
             slice). No-op outside a strategy and on JAX, whose ``DataParallel`` step
-            already sees the global batch. See ``docs/distributed.md``.
+            already sees the global batch. See ``docs/guides/multi-worker.md``.
 
     Example:
 
@@ -509,7 +509,7 @@ class ContrastiveLoss(_RankingLoss):
             replicas, so one ``model.fit`` step and the reported loss equal a single-device
             step on the global batch. Defaults to `False` (each replica mines its own
             slice). No-op outside a strategy and on JAX, whose ``DataParallel`` step
-            already sees the global batch. See ``docs/distributed.md``.
+            already sees the global batch. See ``docs/guides/multi-worker.md``.
 
     Example:
 
@@ -602,7 +602,7 @@ class NPairLoss(_RankingLoss):
             replicas, so one ``model.fit`` step and the reported loss equal a single-device
             step on the global batch. Defaults to `False` (each replica mines its own
             slice). No-op outside a strategy and on JAX, whose ``DataParallel`` step
-            already sees the global batch. See ``docs/distributed.md``.
+            already sees the global batch. See ``docs/guides/multi-worker.md``.
 
     Example:
 
@@ -676,7 +676,7 @@ class AngularLoss(_RankingLoss):
             replicas, so one ``model.fit`` step and the reported loss equal a single-device
             step on the global batch. Defaults to `False` (each replica mines its own
             slice). No-op outside a strategy and on JAX, whose ``DataParallel`` step
-            already sees the global batch. See ``docs/distributed.md``.
+            already sees the global batch. See ``docs/guides/multi-worker.md``.
 
     Example:
 

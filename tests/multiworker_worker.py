@@ -1,4 +1,4 @@
-"""A real multi-worker run, started by tests/test_multiworker.py (see docs/distributed.md).
+"""A real multi-worker run, started by tests/test_multiworker.py (see docs/guides/multi-worker.md).
 
     TF_CONFIG='{"cluster": {"worker": ["127.0.0.1:P0", "127.0.0.1:P1"]},
                 "task": {"type": "worker", "index": I}}' \\

@@ -2,7 +2,7 @@
 
 Regularizers, VICRegLoss and the ranking losses (TripletLoss, ContrastiveLoss, NPairLoss,
 AngularLoss) with ``cross_replica=True``; a real multi-worker run is in
-tests/test_multiworker.py, the user-facing notes in docs/distributed.md.
+tests/test_multiworker.py, the user-facing notes in docs/guides/multi-worker.md.
 
 The checks run in child processes (tests/distributed_worker.py) because the devices must be
 configured before TensorFlow/JAX initialize them: two logical CPU devices under
