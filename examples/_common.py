@@ -282,6 +282,17 @@ def fashion_mnist_subsets(sizes, data_dir=None, seed=12345):
     return [(x[order[a:b]], y[order[a:b]]) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
+def image_augmenter(noise_std, shift=0.15):
+    """The two-view augmentation of ``vicreg_ssl.py``: random shift (a crop, up to `shift` of
+    the size, zero fill), horizontal flip, Gaussian noise of std `noise_std`."""
+    import keras
+
+    return keras.Sequential([
+        keras.layers.RandomTranslation(shift, shift, fill_mode="constant"),
+        keras.layers.RandomFlip("horizontal"),
+        keras.layers.GaussianNoise(noise_std)], name="augment")
+
+
 def linear_probe(encoder, train, test):
     """Top-1 accuracy (%) of a logistic regression (scikit-learn) on the frozen, standardized
     features of `encoder` (a Keras model), trained on ``train = (x, y)``, tested on `test`."""

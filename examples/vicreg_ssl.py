@@ -11,9 +11,8 @@ augmented views of each image (shift/crop, horizontal flip, Gaussian noise): the
   with the invariance between L2-normalized embeddings (SVMax is scale-free);
 * ``none``: the invariance alone, which collapses (the control).
 
-Evaluation: a linear probe on the frozen encoder (labelled images disjoint from the
-pretraining ones; baseline: the encoder randomly initialized) and the spread of the
-embeddings (:mod:`keras_featreg.metrics`: ``collapse_statistics``, ``spectrum_statistics``).
+Evaluation: a linear probe on the frozen encoder (baseline: the encoder randomly
+initialized) and the embeddings' spread (``keras_featreg.metrics.spectrum_statistics``).
 
     python examples/vicreg_ssl.py --regularizer vicreg svmax none
 """
@@ -117,10 +116,7 @@ class SelfSupervised(keras.Model):
     def __init__(self, encoder, expander, noise_std, objective, term_names, **kwargs):
         super().__init__(**kwargs)
         self.encoder, self.expander, self.objective = encoder, expander, objective
-        self.augmenter = keras.Sequential([
-            keras.layers.RandomTranslation(0.15, 0.15, fill_mode="constant"),  # shift / crop
-            keras.layers.RandomFlip("horizontal"),
-            keras.layers.GaussianNoise(noise_std)], name="augment")
+        self.augmenter = _common.image_augmenter(noise_std)  # shift / crop, flip, noise
         self.term_trackers = [keras.metrics.Mean(name=name) for name in term_names]
 
     def build(self, input_shape):  # the encoder and the expander come built
