@@ -1,7 +1,9 @@
 """Plumbing shared by the example scripts and the benchmarks (not part of the library).
 
 Command-line flags common to every example (``--seed``, ``--out``, ``--mixed-precision``,
-``--quick``), device reporting, and small matplotlib/CSV helpers. Importing this module is
+``--quick``), device reporting, small matplotlib/CSV/Markdown helpers, and the examples'
+plumbing that is not what they teach (the Fashion-MNIST subsets and linear probe of
+``vicreg_ssl.py``, the GAN's density heatmaps). Importing this module is
 cheap (standard library only) and sets the environment: ``TF_CPP_MIN_LOG_LEVEL=3`` and the
 Agg matplotlib backend, unless already set. Scripts parse their arguments first (so that
 ``--help`` never loads TensorFlow), then load Keras with :func:`import_keras`, which drops
@@ -108,8 +110,7 @@ def import_keras(tensorflow=True):
     input pipelines use it on every backend) or Keras runs on it, without TensorFlow's
     native start-up lines (see :func:`native_stderr_filtered`). Returns the keras module.
 
-    Call it after parsing the command line and after
-    :func:`require_tensorflow_backend`; later ``import keras`` / ``import tensorflow``
+    Call it after parsing the command line; later ``import keras`` / ``import tensorflow``
     statements then find the loaded modules.
     """
     with native_stderr_filtered():
@@ -119,19 +120,6 @@ def import_keras(tensorflow=True):
         import keras
     quiet_python_loggers()
     return keras
-
-
-def require_tensorflow_backend(script):
-    """For examples with a TensorFlow-only custom ``train_step``: force the TF backend.
-
-    Must be called before Keras is imported. Prints a note when another backend was
-    requested through ``KERAS_BACKEND``.
-    """
-    requested = os.environ.get("KERAS_BACKEND", "tensorflow")
-    if requested != "tensorflow":
-        print(f"[{script}] uses a TensorFlow custom train_step (tf.GradientTape); "
-              f"ignoring KERAS_BACKEND={requested!r} and running on TensorFlow.")
-    os.environ["KERAS_BACKEND"] = "tensorflow"
 
 
 def add_common_args(parser, default_out, default_seed=0):
@@ -278,6 +266,117 @@ def save_figure(fig, path, dpi=80):
     plt.close(fig)
     print(f"saved {path} ({os.path.getsize(path) / 1024:.0f} KB)")
     return path
+
+
+def fashion_mnist_subsets(sizes, data_dir=None, seed=12345):
+    """All 70 000 Fashion-MNIST images with labels (the library's loader, classes 0-4 and
+    5-9 pooled), shuffled with `seed` and cut into disjoint ``(x, y)`` subsets of `sizes`."""
+    import numpy as np
+
+    from keras_featreg import data as data_lib
+
+    (x_a, y_a), (x_b, y_b) = data_lib.load_fashion_mnist_split(path=data_dir)
+    x, y = np.concatenate([x_a, x_b]), np.concatenate([y_a, y_b])
+    order = np.random.default_rng(seed).permutation(len(y))
+    bounds = np.cumsum([0, *sizes])
+    return [(x[order[a:b]], y[order[a:b]]) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def image_augmenter(noise_std, shift=0.15):
+    """The two-view augmentation of ``vicreg_ssl.py``: random shift (a crop, up to `shift` of
+    the size, zero fill), horizontal flip, Gaussian noise of std `noise_std`."""
+    import keras
+
+    return keras.Sequential([
+        keras.layers.RandomTranslation(shift, shift, fill_mode="constant"),
+        keras.layers.RandomFlip("horizontal"),
+        keras.layers.GaussianNoise(noise_std)], name="augment")
+
+
+def linear_probe(encoder, train, test):
+    """Top-1 accuracy (%) of a logistic regression (scikit-learn) on the frozen, standardized
+    features of `encoder` (a Keras model), trained on ``train = (x, y)``, tested on `test`."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    f_tr = encoder.predict(train[0], batch_size=512, verbose=0)
+    f_te = encoder.predict(test[0], batch_size=512, verbose=0)
+    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=500))
+    clf.fit(f_tr, train[1])
+    return 100.0 * float(clf.score(f_te, test[1]))
+
+
+def markdown_table(rows, columns):
+    """A Markdown table of `rows` (dicts): `columns` is a list of (header, key, format)."""
+    lines = ["| " + " | ".join(c[0] for c in columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        lines.append("| " + " | ".join(fmt.format(row[key]) for _, key, fmt in columns) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def save_table(rows, stem, columns):
+    """Writes `rows` to ``stem.csv`` (every key) and ``stem.md`` (the Markdown table of
+    :func:`markdown_table` with `columns`), and prints the table. Returns the Markdown."""
+    md = markdown_table(rows, columns)
+    print("\n" + md)
+    write_csv(rows, stem + ".csv")
+    with open(stem + ".md", "w") as f:
+        f.write(md)
+    return md
+
+
+def bar_panels(rows, label_key, panels, path, title_suffix=""):
+    """One horizontal bar chart per panel, side by side, a bar per row labelled by
+    ``row[label_key]`` with its value printed; `panels` is a list of
+    (key, axis label, axis limit, value format). Saved to `path`."""
+    fig, axes = pyplot().subplots(1, len(panels), figsize=(5.5 * len(panels),
+                                                           0.6 * len(rows) + 2.5), squeeze=False)
+    for ax, (key, label, limit, fmt) in zip(axes[0], panels):
+        ax.barh([r[label_key] for r in rows], [r[key] for r in rows], color="tab:blue")
+        for i, r in enumerate(rows):
+            ax.text(r[key] + 0.01 * limit, i, fmt.format(r[key]), va="center", fontsize=10)
+        ax.set(xlim=(0, 1.12 * limit), xlabel=label, ylabel=label_key,
+               title=label.split(" (")[0] + title_suffix)
+        ax.invert_yaxis()
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def plot_density_grid(samples, truth, path, bins=80, extent=3.0, max_rows=6):
+    """2-D densities through training (the GAN example's, paper Fig. 5): `samples` maps a
+    column title to ``{step: (n, 2) points}``; rows are steps (at most `max_rows`, evenly
+    spaced), the last row the data `truth`. Each panel: log(1 + count) heatmap, titled."""
+    import numpy as np
+
+    plt = pyplot()
+    columns = list(samples)
+    steps = sorted(samples[columns[0]])
+    if len(steps) > max_rows:
+        idx = np.unique(np.linspace(0, len(steps) - 1, max_rows).round().astype(int))
+        steps = [steps[i] for i in idx]
+    rows = len(steps) + 1
+    fig, axes = plt.subplots(rows, len(columns), figsize=(3.2 * len(columns) + 0.4, 3.0 * rows),
+                             squeeze=False)
+    edges = np.linspace(-extent, extent, bins + 1)
+    for c, column in enumerate(columns):
+        for r in range(rows):
+            ax = axes[r][c]
+            pts = truth if r == len(steps) else samples[column][steps[r]]
+            pts = pts[np.all(np.isfinite(pts), axis=1)]
+            hist, _, _ = np.histogram2d(pts[:, 0], pts[:, 1], bins=[edges, edges])
+            ax.imshow(np.log1p(hist.T), origin="lower", cmap="viridis",
+                      extent=(-extent, extent, -extent, extent), interpolation="nearest")
+            ax.set_xticks([-2, 0, 2])
+            ax.set_yticks([-2, 0, 2])
+            ax.tick_params(labelsize=10)
+            ax.set_xlabel("x", fontsize=10)
+            ax.set_ylabel("y", fontsize=10)
+            ax.set_title("data (ground truth)" if r == len(steps)
+                         else f"{column}, step {steps[r]}", fontsize=11)
+    fig.tight_layout()
+    fig.suptitle("generated density, log(1 + count)", fontsize=12, y=1.0 + 0.15 / rows)
+    return save_figure(fig, path)
 
 
 def scatter_by_class(ax, points, labels, size=4, alpha=0.7, unit_circle=False):

@@ -3,11 +3,12 @@
 
 Each script runs with ``--quick`` (a few training steps on a tiny subset) in a subprocess,
 which inherits ``KERAS_BACKEND``; the tests check that the outputs exist and that the
-printed metrics are finite. The GAN example uses a TensorFlow custom ``train_step``
-(``tf.GradientTape``), hence ``tensorflow_only``, as do the harness's tfds/backbone/mixed
-precision test; the VICReg-SSL example trains through ``compute_loss`` on every backend. ``--help`` must not load
-TensorFlow, and no run may print TensorFlow's native start-up lines. The VICReg-SSL run reads
-random Fashion-MNIST-format IDX files written by the test: it needs no data set.
+printed metrics are finite. Every example runs on every backend: the GAN example trains
+with ``train_on_batch`` (the classic Keras GAN pattern), the VICReg-SSL example through
+``compute_loss``; only the harness's tfds/backbone/mixed precision test is
+``tensorflow_only``. ``--help`` must not load TensorFlow, and no run may print TensorFlow's
+native start-up lines. The VICReg-SSL run reads random Fashion-MNIST-format IDX files
+written by the test: it needs no data set.
 """
 
 import csv
@@ -25,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
 EXPERIMENTS = ROOT / "experiments"
 SCRIPTS = ("examples/retrieval.py", "examples/gan_mixture.py", "examples/circle_embedding.py",
-           "examples/vicreg_ssl.py", "experiments/table1.py")
+           "examples/vicreg_ssl.py", "experiments/table1.py", "experiments/gan_fig5.py")
 TIMEOUT = 300  # seconds; each quick run takes well under a minute on an idle 2-core CPU
 
 
@@ -172,9 +173,20 @@ def test_table1_schedule_and_layout():
     assert retrieval.batch_layout("angular", 144, 5) == (5, 2)
 
 
-@pytest.mark.tensorflow_only
 def test_gan_mixture_quick(tmp_path):
-    out = _run([EXAMPLES / "gan_mixture.py", "--quick", "--out", tmp_path])
+    """The teaching script, one seed per variant: final mode metrics and the heatmaps."""
+    out = _run([EXAMPLES / "gan_mixture.py", "--quick", "--unrolled-steps", 2, "--steps", 10,
+                "--out", tmp_path], quiet=True)
+    covered = re.findall(r"-> modes covered (\d)/8, high-quality (\d+\.\d)%", out)
+    assert len(covered) == 4, out[-2000:]  # vanilla, svmax, unrolled2, unrolled2+svmax
+    s_mu = _numbers_after("s_mu", out)
+    assert s_mu and all(math.isfinite(v) and v > 0 for v in s_mu)
+    _assert_small_png(tmp_path / "gan_heatmaps.png")
+
+
+def test_gan_fig5_quick(tmp_path):
+    """The Fig. 5 harness: runs CSV, mean +- std summary, heatmaps of the first seed."""
+    out = _run([EXPERIMENTS / "gan_fig5.py", "--quick", "--out", tmp_path], quiet=True)
     assert re.search(r"vanilla \| \d\.\d ± \d\.\d \| \d+\.\d", out), out[-2000:]
     assert re.search(r"svmax \| \d\.\d ± \d\.\d \| \d+\.\d", out), out[-2000:]
     summary = _read_csv(tmp_path / "gan_summary.csv")
