@@ -148,6 +148,8 @@ def triplet_loss(y_true, y_pred, margin=0.2, mining="semi-hard", soft=False, dis
     labels, embeddings = _inputs(y_true, y_pred)
 
     pairwise = distances_lib.pairwise_distances(embeddings, metric=distance)
+    if miner is mining_lib.batch_all:
+        return _batch_all_loss(pairwise, labels, margin, soft)
     mined = miner(pairwise, labels)
     difference = mined.positive_distances - mined.negative_distances
     if soft:
@@ -158,6 +160,21 @@ def triplet_loss(y_true, y_pred, margin=0.2, mining="semi-hard", soft=False, dis
     if mined.average_over_active:
         mask = ops.logical_and(mask, ops.greater(losses, 0.0))
     return _masked_mean(losses, mask)
+
+
+def _batch_all_loss(distances, labels, margin, soft):
+    """"Batch all" triplet loss without the ``(b, b, b)`` tensors of :func:`mining.batch_all`.
+
+    Hinge: ``sum(sums) / max(sum(counts), 1)`` from
+    :func:`keras_featreg.mining.batch_all_hinge_sums`, O(b^2 log b) time and O(b^2)
+    memory. Soft margin: ``sum_{a, p, n} log(1 + exp(D[a, p] - D[a, n]))`` has no sorted
+    form; :func:`keras_featreg.mining.batch_all_soft_mean` keeps O(b^3) time but O(b^2)
+    memory (anchors in chunks).
+    """
+    if soft:
+        return mining_lib.batch_all_soft_mean(distances, labels)
+    sums, counts = mining_lib.batch_all_hinge_sums(distances, labels, margin)
+    return ops.sum(sums) / ops.maximum(ops.sum(counts), 1.0)
 
 
 def contrastive_loss(y_true, y_pred, margin=1.0, distance="euclidean", power=1):

@@ -263,6 +263,89 @@ def batch_hard(distances, labels):
     )
 
 
+# Batches up to this size are mined by the O(b^3) broadcast (one fused pass, faster
+# there); larger ones, and batches of unknown size, by the sorted O(b^2 log b) form.
+CUBIC_MAX_BATCH = 0
+
+
+def _static_batch(distances):
+    """The batch size when it is known while tracing, else None."""
+    return distances.shape[0]
+
+
+def _sorted_negatives(distances, negative):
+    """Each anchor's negative distances, sorted once: ``(order, keys, count)``.
+
+    ``keys[a] = sort_n (D[a, n] if n is a negative of a else +inf)`` (no gradient),
+    ``order[a]`` the permutation that sorts it (``keys[a, j] = D[a, order[a, j]]`` for
+    ``j < count[a]``) and ``count`` the ``(b, 1)`` number of negatives of each anchor.
+    Ties are not resolved: everything below depends on the sorted *values* and on counts
+    only, never on the order among equal keys (``argsort`` is not stable on every
+    backend). O(b^2 log b) time, O(b^2) memory.
+    """
+    inf = ops.cast(float("inf"), distances.dtype)
+    masked = ops.where(negative, ops.stop_gradient(distances), inf)
+    order = ops.cast(ops.argsort(masked, axis=1), "int32")
+    keys = ops.take_along_axis(masked, order, axis=1)
+    count = ops.sum(ops.cast(negative, "int32"), axis=1, keepdims=True)
+    return order, keys, count
+
+
+def _prefix_length(keys, queries, predicate):
+    """Per row, the length of the longest prefix of ``keys`` where ``predicate`` holds.
+
+    ``result[a, q] = #{j : predicate(keys[a, j], queries[a, q])}`` for a `predicate`
+    that is monotone along each sorted row (True, then False). A branch-free binary
+    search of ``ceil(log2(b + 1))`` steps (31 when b is unknown while tracing), each a
+    ``take_along_axis``: static shapes, O(b^2 log b) time for ``(b, b)`` queries.
+    """
+    n = ops.shape(keys)[1]
+    steps = int(keys.shape[1]).bit_length() if keys.shape[1] is not None else 31
+    length = ops.zeros_like(queries, dtype="int32")
+    for k in reversed(range(steps)):
+        candidate = length + (1 << k)
+        index = ops.maximum(ops.minimum(candidate, n) - 1, 0)
+        ok = ops.logical_and(
+            candidate <= n, predicate(ops.take_along_axis(keys, index, axis=1), queries)
+        )
+        length = ops.where(ok, candidate, length)
+    return length
+
+
+def _count_at_most(keys, queries):
+    """``#{j : keys[a, j] <= queries[a, q]}`` (upper bound in each sorted row)."""
+    return _prefix_length(keys, queries, ops.less_equal)
+
+
+def _count_below(keys, queries):
+    """``#{j : keys[a, j] < queries[a, q]}`` (lower bound in each sorted row)."""
+    return _prefix_length(keys, queries, ops.less)
+
+
+def _exclusive_cumsum(values):
+    """``[0, v_0, v_0 + v_1, ...]`` along axis 1: ``(b, m)`` -> ``(b, m + 1)``."""
+    zeros = ops.zeros_like(values[:, :1])
+    return ops.concatenate([zeros, ops.cumsum(values, axis=1)], axis=1)
+
+
+def _tie_mean(values, start, end):
+    """``values[a, start]`` with the gradient of ``mean(values[a, start:end])``.
+
+    `values` is sorted along axis 1 and ``values[a, start:end]`` is one run of equal
+    values (a tie group), so the value is exactly the first one; its gradient is spread
+    evenly over the group, as ``ops.min``/``ops.max`` spread theirs over exact ties.
+    Positions with ``end <= start`` give ``values[a, start]`` with no gradient.
+    """
+    b = ops.shape(values)[1]
+    first = ops.take_along_axis(values, ops.minimum(start, b - 1), axis=1)
+    sums = _exclusive_cumsum(values)
+    total = ops.take_along_axis(sums, end, axis=1) - ops.take_along_axis(sums, start, axis=1)
+    size = ops.cast(ops.maximum(end - start, 1), values.dtype)
+    mean = total / size
+    # Forward: exactly `first` (mean - mean is 0). Backward: d mean.
+    return ops.stop_gradient(first) + (mean - ops.stop_gradient(mean))
+
+
 def batch_semi_hard(distances, labels):
     """Semi-hard negative for every positive pair, exactly as ``tfa.losses.TripletSemiHardLoss``.
 
@@ -271,6 +354,15 @@ def batch_semi_hard(distances, labels):
     if no negative of ``a`` is farther than ``p`` (no semi-hard negative), the fallback
     is the *farthest* negative of ``a``, ``max_n D[a, n]``. The loss is the mean over
     all positive pairs ``(a, p)``, ``a != p`` (including those with zero loss).
+
+    Algorithm: O(b^2 log b) time, O(b^2) memory. Each anchor's negative distances are
+    sorted once (``s_a``, ``k_a`` of them); for the pair ``(a, p)``,
+    ``c = #{j : s_a[j] <= D[a, p]}`` (a binary search in ``s_a``) and the semi-hard
+    negative is ``s_a[c]`` if ``c < k_a``, else the fallback ``s_a[k_a - 1]``. Values
+    and gradients are those of the definition (``min``/``max`` over a ``(b, b, b)``
+    mask, kept as ``_batch_semi_hard_cubic``): an exact tie between negatives shares
+    the gradient evenly, as ``ops.min`` does. Batches of at most ``CUBIC_MAX_BATCH``
+    samples (known while tracing) use the cubic form, faster there.
 
     Differences from tensorflow-addons, on degenerate batches only: a batch with no
     positive pair gives 0 here (NaN there, 0/0), and in a single-class batch (no
@@ -282,8 +374,8 @@ def batch_semi_hard(distances, labels):
         labels: ``(b,)`` or ``(b, 1)`` labels.
 
     Returns:
-        :class:`MinedTriplets` of ``(b, b)`` tensors indexed ``[anchor, positive]``.
-        O(b^3) memory during mining.
+        :class:`MinedTriplets` of ``(b, b)`` tensors indexed ``[anchor, positive]``
+        (``negative_distances`` is 0 where ``mask`` is False).
 
     Example:
 
@@ -300,6 +392,186 @@ def batch_semi_hard(distances, labels):
     >>> # anchor 3, positive 2 (D=1): negatives at 0.5, 1.5 -> 1.5
     >>> np.asarray(mined.negative_distances)[np.asarray(mined.mask)].tolist()
     [2.0, 1.5, 2.0, 1.5]
+    """
+    distances = ops.convert_to_tensor(distances)
+    b = _static_batch(distances)
+    if b is not None and b <= CUBIC_MAX_BATCH:
+        return _batch_semi_hard_cubic(distances, labels)
+    positive, negative = pair_masks(labels)
+    order, keys, count = _sorted_negatives(distances, negative)
+    values = ops.take_along_axis(distances, order, axis=1)  # sorted, with gradient
+    n = ops.shape(keys)[1]
+    # (a, p): [c, e) is the run of the closest negatives farther than p.
+    c = _count_at_most(keys, ops.stop_gradient(distances))
+    has_outside = c < count
+    e = _count_at_most(keys, ops.take_along_axis(keys, ops.minimum(c, n - 1), axis=1))
+    # a: [f, count) is the run of the farthest negatives (the fallback).
+    last = ops.take_along_axis(keys, ops.maximum(count - 1, 0), axis=1)
+    f = _count_below(keys, last)
+    start = ops.where(has_outside, c, f)
+    end = ops.where(has_outside, e, count)
+    semi_hard = _tie_mean(values, start, end)
+    has_negative = count > 0
+    return MinedTriplets(
+        positive_distances=distances,
+        negative_distances=ops.where(has_negative, semi_hard, ops.zeros_like(semi_hard)),
+        mask=ops.logical_and(positive, has_negative),
+        average_over_active=False,
+    )
+
+
+def batch_all_hinge_sums(distances, labels, margin):
+    """Per positive pair, the sum and the number of active hinge terms of "batch all".
+
+    ``sums[a, p] = sum_{n in A} (D[a, p] - D[a, n] + margin)`` and ``counts[a, p] = |A|``
+    with ``A = {n negative of a : (D[a, p] - D[a, n]) + margin > 0}``, the condition
+    evaluated in floating point as the O(b^3) loss does (so exact ties at the margin
+    fall on the same side). The "batch all" hinge loss is
+    ``sum(sums) / max(sum(counts), 1)``, :func:`batch_all` with the hinge.
+
+    Algorithm: O(b^2 log b) time, O(b^2) memory. The condition is monotone in
+    ``D[a, n]``, so ``A`` is a prefix of the anchor's sorted negative distances
+    ``s_a``: ``|A|`` is a binary search and ``sum_{n in A} D[a, n]`` a prefix sum,
+    ``sums[a, p] = |A| (D[a, p] + margin) - sum_{j < |A|} s_a[j]``. Gradients are
+    those of the triplet sum: ``|A|`` for ``D[a, p]``, ``-1`` per counted triplet for
+    ``D[a, n]`` (``|A|`` is a constant, as the mask of the cubic form).
+
+    Args:
+        distances: ``(b, b)`` float distance matrix.
+        labels: ``(b,)`` or ``(b, 1)`` labels.
+        margin: float >= 0.
+
+    Returns:
+        ``(sums, counts)``, two ``(b, b)`` float tensors indexed ``[anchor, positive]``,
+        0 off the positive pairs.
+    """
+    distances = ops.convert_to_tensor(distances)
+    positive, negative = pair_masks(labels)
+    order, keys, _ = _sorted_negatives(distances, negative)
+    values = ops.take_along_axis(distances, order, axis=1)
+
+    def active(key, anchor_positive):
+        return ops.greater((anchor_positive - key) + margin, 0.0)
+
+    counts = _prefix_length(keys, ops.stop_gradient(distances), active)
+    prefix = ops.take_along_axis(_exclusive_cumsum(values), counts, axis=1)
+    counts = ops.cast(counts, distances.dtype)
+    sums = counts * (distances + margin) - prefix
+    zeros = ops.zeros_like(sums)
+    return ops.where(positive, sums, zeros), ops.where(positive, counts, zeros)
+
+
+# Elements of the (chunk, b, b) block that the soft "batch all" computes at once.
+SOFT_CHUNK_ELEMENTS = 2**23
+
+
+def _soft_terms(rows, positive_rows, negative_rows):
+    """Soft-margin "batch all" terms of the anchors in `rows` (``(s, b)``, any s).
+
+    Returns ``(differences, losses, mask)``, ``(s, b, b)`` indexed ``[a, p, n]``:
+    ``D[a, p] - D[a, n]``, its softplus, and the valid triplets whose softplus is > 0 (in
+    floating point it underflows to 0 below about -104, as in the cubic form).
+    """
+    differences = ops.expand_dims(rows, 2) - ops.expand_dims(rows, 1)
+    losses = ops.softplus(differences)
+    mask = ops.logical_and(
+        ops.logical_and(ops.expand_dims(positive_rows, 2), ops.expand_dims(negative_rows, 1)),
+        ops.greater(losses, 0.0),
+    )
+    return differences, losses, mask
+
+
+def _chunk_rows(tensors, index, chunk):
+    """Rows ``[index * chunk, (index + 1) * chunk)`` of each of `tensors` (``(m, b)``)."""
+    start = index * chunk
+    return [ops.slice(t, [start, 0], [chunk, ops.shape(t)[1]]) for t in tensors]
+
+
+def _soft_mean_chunked(distances, positive, negative, chunk):
+    """:func:`batch_all_soft_mean` over anchors in chunks, with its gradient written out.
+
+    Forward: ``(sum, count)`` accumulated chunk by chunk. Backward (autodiff of the loop
+    would keep every chunk's ``(chunk, b, b)`` intermediates: O(b^3) memory again), by
+    ``d/dD[a, p] = sum_n w_apn`` and ``d/dD[a, n] = -sum_p w_apn``, with
+    ``w_apn = sigmoid(D[a, p] - D[a, n]) [active] / count``, chunk by chunk. O(b^2 + chunk b^2) memory.
+    """
+    dtype = distances.dtype
+    b = distances.shape[0]
+    if b is None:
+        n_chunks, rows = ops.shape(distances)[0], None
+    else:
+        n_chunks = -(-b // chunk)
+        rows = n_chunks * chunk
+
+    def padded(t):
+        if rows is None or rows == b:
+            return t
+        return ops.pad(t, [[0, rows - b], [0, 0]])
+
+    @ops.custom_gradient
+    def mean(d, positive_f, negative_f):
+        blocks = [padded(d), padded(positive_f), padded(negative_f)]
+
+        def forward(i, carry):
+            d_rows, pos_rows, neg_rows = _chunk_rows(blocks, i, chunk)
+            _, losses, mask = _soft_terms(d_rows, pos_rows > 0, neg_rows > 0)
+            weights = ops.cast(mask, dtype)
+            return carry[0] + ops.sum(losses * weights), carry[1] + ops.sum(weights)
+
+        zero = ops.zeros((), dtype)
+        total, count = ops.fori_loop(0, n_chunks, forward, (zero, zero))
+        count = ops.maximum(count, 1.0)
+
+        def backward(i, gradient):
+            d_rows, pos_rows, neg_rows = _chunk_rows(blocks, i, chunk)
+            differences, _, mask = _soft_terms(d_rows, pos_rows > 0, neg_rows > 0)
+            w = ops.where(mask, ops.sigmoid(differences), ops.zeros_like(differences))
+            rows_gradient = ops.sum(w, axis=2) - ops.sum(w, axis=1)
+            return ops.slice_update(gradient, [i * chunk, 0], rows_gradient)
+
+        def grad(*args, upstream=None):
+            if upstream is None:
+                (upstream,) = args
+            gradient = ops.fori_loop(0, n_chunks, backward, ops.zeros_like(blocks[0]))
+            gradient = gradient[: ops.shape(d)[0]] * (upstream / count)
+            return gradient, ops.zeros_like(positive_f), ops.zeros_like(negative_f)
+
+        return total / count, grad
+
+    return mean(distances, ops.cast(positive, dtype), ops.cast(negative, dtype))
+
+
+def batch_all_soft_mean(distances, labels, chunk_elements=None):
+    """Soft-margin "batch all" loss: the mean of ``log(1 + exp(D[a, p] - D[a, n]))``.
+
+    Over the valid triplets ``(a, p, n)`` whose term is > 0 in floating point (all of
+    them, unless ``D[a, p] - D[a, n]`` is below about -104), as :func:`batch_all` with
+    a softplus. ``sum_n log(1 + e^{D[a, p] - D[a, n]})`` has no sorted (prefix-sum)
+    form, so this keeps O(b^3) time, but its memory is O(b^2): anchors are processed
+    ``chunk`` at a time (``chunk b^2 <= chunk_elements``, default
+    ``SOFT_CHUNK_ELEMENTS``), forward and backward. A batch that fits in one chunk is
+    computed in one broadcast, as the cubic form.
+
+    Returns:
+        Scalar tensor; 0 when the batch has no valid triplet.
+    """
+    distances = ops.convert_to_tensor(distances)
+    positive, negative = pair_masks(labels)
+    chunk_elements = SOFT_CHUNK_ELEMENTS if chunk_elements is None else int(chunk_elements)
+    b = distances.shape[0]
+    chunk = 1 if b is None else max(1, min(b, chunk_elements // max(b * b, 1)))
+    if b is not None and chunk >= b:
+        _, losses, mask = _soft_terms(distances, positive, negative)
+        weights = ops.cast(mask, distances.dtype)
+        return ops.sum(losses * weights) / ops.maximum(ops.sum(weights), 1.0)
+    return _soft_mean_chunked(distances, positive, negative, chunk)
+
+
+def _batch_semi_hard_cubic(distances, labels):
+    """:func:`batch_semi_hard` by its definition, with a ``(b, b, b)`` mask: O(b^3) time and memory.
+
+    The reference the sorted form is tested against (and the faster of the two for small
+    batches: :func:`batch_semi_hard` calls it when ``b <= CUBIC_MAX_BATCH``).
     """
     distances = ops.convert_to_tensor(distances)
     positive, negative = pair_masks(labels)
