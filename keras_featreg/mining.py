@@ -16,13 +16,21 @@ Conventions:
   pair* ``(a, n)`` has ``label[a] != label[n]``; a *valid triplet* ``(a, p, n)`` has both.
 * empty selections never produce NaN or infinity, in values or gradients: a masked
   reduction over an empty set returns 0 and the mask says it is empty.
-* everything is O(b^2) memory except :func:`triplet_mask`, :func:`batch_all` and
-  :func:`batch_semi_hard`, which are O(b^3) (as tensorflow-addons' semi-hard loss).
+* everything is O(b^2) memory except :func:`triplet_mask` and :func:`batch_all`, whose
+  ``(b, b, b)`` mask is O(b^3). :func:`batch_semi_hard` (above ``CUBIC_MAX_BATCH``
+  samples) and :func:`batch_all_hinge_sums` sort each anchor's negative distances once
+  and binary-search them: O(b^2 log b) time, O(b^2) memory, the same values and
+  gradients as the O(b^3) definitions (tensorflow-addons' semi-hard loss is O(b^3)).
+  :func:`batch_all_soft_mean` keeps O(b^3) time (a softplus has no prefix-sum form) in
+  O(b^2) memory. :func:`keras_featreg.losses_ranking.triplet_loss` uses these for
+  ``mining="semi-hard"`` and ``"all"``.
 """
 
 import collections
 
 from keras import ops
+
+from keras_featreg import backend as _backend
 
 MinedTriplets = collections.namedtuple(
     "MinedTriplets",
@@ -190,7 +198,9 @@ def batch_all(distances, labels):
     Hermans et al. (2017), "In Defense of the Triplet Loss": averaging over all valid
     triplets would let the many already-satisfied ones wash the gradient out. With a
     softplus (soft margin) every triplet is active, so this is the mean over all valid
-    triplets. O(b^3) memory.
+    triplets. O(b^3) memory: :func:`keras_featreg.losses_ranking.triplet_loss` with
+    ``mining="all"`` (or this function as `mining`) computes the same loss without the
+    ``(b, b, b)`` tensors (:func:`batch_all_hinge_sums`, :func:`batch_all_soft_mean`).
 
     Args:
         distances: ``(b, b)`` float distance matrix.
@@ -263,9 +273,10 @@ def batch_hard(distances, labels):
     )
 
 
-# Batches up to this size are mined by the O(b^3) broadcast (one fused pass, faster
-# there); larger ones, and batches of unknown size, by the sorted O(b^2 log b) form.
-CUBIC_MAX_BATCH = 0
+# batch_semi_hard: batches up to this size (known while tracing) are mined by the O(b^3)
+# broadcast, as fast or faster there (b^3 = 262 144 elements); larger ones, and batches of
+# unknown size, by the sorted O(b^2 log b) form (see benchmarks/bench_mining.py).
+CUBIC_MAX_BATCH = 64
 
 
 def _static_batch(distances):
@@ -286,7 +297,7 @@ def _sorted_negatives(distances, negative):
     inf = ops.cast(float("inf"), distances.dtype)
     masked = ops.where(negative, ops.stop_gradient(distances), inf)
     order = ops.cast(ops.argsort(masked, axis=1), "int32")
-    keys = ops.take_along_axis(masked, order, axis=1)
+    keys = _backend.take_rows(masked, order)
     count = ops.sum(ops.cast(negative, "int32"), axis=1, keepdims=True)
     return order, keys, count
 
@@ -295,31 +306,39 @@ def _prefix_length(keys, queries, predicate):
     """Per row, the length of the longest prefix of ``keys`` where ``predicate`` holds.
 
     ``result[a, q] = #{j : predicate(keys[a, j], queries[a, q])}`` for a `predicate`
-    that is monotone along each sorted row (True, then False). A branch-free binary
-    search of ``ceil(log2(b + 1))`` steps (31 when b is unknown while tracing), each a
-    ``take_along_axis``: static shapes, O(b^2 log b) time for ``(b, b)`` queries.
+    that is monotone along each sorted row (True, then False) and False for a key of
+    ``+inf``. A branch-free binary search of ``s = ceil(log2(b + 1))`` steps (31 when b
+    is unknown while tracing), each one gather: static shapes, O(b^2 log b) time for
+    ``(b, b)`` queries.
     """
-    n = ops.shape(keys)[1]
-    steps = int(keys.shape[1]).bit_length() if keys.shape[1] is not None else 31
+    width = keys.shape[1]
+    if width is not None:
+        steps = int(width).bit_length()
+        # Pad with +inf to 2^s columns: every probe lands inside, no clipping.
+        pad = ops.full((ops.shape(keys)[0], (1 << steps) - width), float("inf"), keys.dtype)
+        keys = ops.concatenate([keys, pad], axis=1)
+    else:
+        steps, n = 31, ops.shape(keys)[1]
     length = ops.zeros_like(queries, dtype="int32")
     for k in reversed(range(steps)):
         candidate = length + (1 << k)
-        index = ops.maximum(ops.minimum(candidate, n) - 1, 0)
-        ok = ops.logical_and(
-            candidate <= n, predicate(ops.take_along_axis(keys, index, axis=1), queries)
-        )
+        if width is None:
+            candidate = ops.minimum(candidate, n)
+        ok = predicate(_backend.take_rows(keys, candidate - 1), queries)
         length = ops.where(ok, candidate, length)
     return length
 
 
 def _count_at_most(keys, queries):
     """``#{j : keys[a, j] <= queries[a, q]}`` (upper bound in each sorted row)."""
-    return _prefix_length(keys, queries, ops.less_equal)
+    native = _backend.searchsorted_rows(keys, queries, "right")
+    return _prefix_length(keys, queries, ops.less_equal) if native is None else native
 
 
 def _count_below(keys, queries):
     """``#{j : keys[a, j] < queries[a, q]}`` (lower bound in each sorted row)."""
-    return _prefix_length(keys, queries, ops.less)
+    native = _backend.searchsorted_rows(keys, queries, "left")
+    return _prefix_length(keys, queries, ops.less) if native is None else native
 
 
 def _exclusive_cumsum(values):
@@ -337,9 +356,9 @@ def _tie_mean(values, start, end):
     Positions with ``end <= start`` give ``values[a, start]`` with no gradient.
     """
     b = ops.shape(values)[1]
-    first = ops.take_along_axis(values, ops.minimum(start, b - 1), axis=1)
+    first = _backend.take_rows(values, ops.minimum(start, b - 1))
     sums = _exclusive_cumsum(values)
-    total = ops.take_along_axis(sums, end, axis=1) - ops.take_along_axis(sums, start, axis=1)
+    total = _backend.take_rows(sums, end) - _backend.take_rows(sums, start)
     size = ops.cast(ops.maximum(end - start, 1), values.dtype)
     mean = total / size
     # Forward: exactly `first` (mean - mean is 0). Backward: d mean.
@@ -397,16 +416,22 @@ def batch_semi_hard(distances, labels):
     b = _static_batch(distances)
     if b is not None and b <= CUBIC_MAX_BATCH:
         return _batch_semi_hard_cubic(distances, labels)
+    return _batch_semi_hard_sorted(distances, labels)
+
+
+def _batch_semi_hard_sorted(distances, labels):
+    """:func:`batch_semi_hard` by sorted negatives and binary searches (any batch size)."""
+    distances = ops.convert_to_tensor(distances)
     positive, negative = pair_masks(labels)
     order, keys, count = _sorted_negatives(distances, negative)
-    values = ops.take_along_axis(distances, order, axis=1)  # sorted, with gradient
+    values = _backend.take_rows(distances, order)  # sorted, with gradient
     n = ops.shape(keys)[1]
     # (a, p): [c, e) is the run of the closest negatives farther than p.
     c = _count_at_most(keys, ops.stop_gradient(distances))
     has_outside = c < count
-    e = _count_at_most(keys, ops.take_along_axis(keys, ops.minimum(c, n - 1), axis=1))
+    e = _count_at_most(keys, _backend.take_rows(keys, ops.minimum(c, n - 1)))
     # a: [f, count) is the run of the farthest negatives (the fallback).
-    last = ops.take_along_axis(keys, ops.maximum(count - 1, 0), axis=1)
+    last = _backend.take_rows(keys, ops.maximum(count - 1, 0))
     f = _count_below(keys, last)
     start = ops.where(has_outside, c, f)
     end = ops.where(has_outside, e, count)
@@ -448,13 +473,13 @@ def batch_all_hinge_sums(distances, labels, margin):
     distances = ops.convert_to_tensor(distances)
     positive, negative = pair_masks(labels)
     order, keys, _ = _sorted_negatives(distances, negative)
-    values = ops.take_along_axis(distances, order, axis=1)
+    values = _backend.take_rows(distances, order)
 
     def active(key, anchor_positive):
         return ops.greater((anchor_positive - key) + margin, 0.0)
 
     counts = _prefix_length(keys, ops.stop_gradient(distances), active)
-    prefix = ops.take_along_axis(_exclusive_cumsum(values), counts, axis=1)
+    prefix = _backend.take_rows(_exclusive_cumsum(values), counts)
     counts = ops.cast(counts, distances.dtype)
     sums = counts * (distances + margin) - prefix
     zeros = ops.zeros_like(sums)
