@@ -8,10 +8,12 @@
     used before (``mining._batch_semi_hard_cubic``, ``mining.batch_all`` through the
     ``MinedTriplets`` path), timed up to b = 480 (at 1800 a ``(b, b, b)`` float32 tensor is
     23 GB). The soft batch-all keeps O(b^3) time (no sorted form): timed up to b = 480.
-(b) peak extra memory of one forward+backward (compilation included), each case in a fresh
-    subprocess: the rise of the process's peak resident set size (``ru_maxrss``) over the
-    same case just run at b = 16 (TensorFlow, its kernels and the inputs already loaded).
-    An honest upper bound of what the step needs (allocator caching included); CPU only.
+(b) peak extra memory of one forward+backward (tracing and compilation included), each
+    case in a fresh subprocess: the peak of the resident set size (``/proc/self/statm``,
+    sampled every 0.2 ms by a thread; TensorFlow's kernels release the GIL) minus its value
+    just before the call, the same case having run at b = 16 first (TensorFlow and its
+    kernels loaded). ``ru_maxrss`` cannot be used: TensorFlow's import peaks higher than
+    the steps. Linux only; CPU memory (allocator caching included, so an upper bound).
 
 Run:  python benchmarks/bench_mining.py                 (~5 min on 2 CPU cores)
       python benchmarks/bench_mining.py --quick         (b = 144, 480; memory at 480)
@@ -23,7 +25,6 @@ cost <= 3x the contrastive loss; at b = 1800 their forward+backward needs <= 1 G
 
 import argparse
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -118,18 +119,42 @@ def speed(batches, rounds, soft_1800, rows, failures):
             print(f"  timed b={b} ({tag})", file=sys.stderr, flush=True)
 
 
-def _peak_mib():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+def _rss_mib():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _peak_rss_during(fn, interval_s=2e-4):
+    """(resident set size before `fn()` in MiB, its peak while `fn()` runs), sampled by a
+    thread every `interval_s` (TensorFlow's kernels release the GIL)."""
+    import threading
+
+    before, peak, done = _rss_mib(), [0.0], threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], _rss_mib())
+            time.sleep(interval_s)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        fn()
+    finally:
+        done.set()
+        thread.join()
+    return before, max(peak[0], _rss_mib())
 
 
 def measure_memory(case, b, jit):
-    """Runs in a fresh process: peak RSS rise of one forward+backward at b over b = 16."""
+    """Runs in a fresh process: peak resident-memory rise during one forward+backward at b
+    (tracing, compilation and the step), the same case having run at b = 16 first."""
     labels, x = inputs(16)
     [t.numpy() for t in _timing.fwd_bwd(loss_fn(case, labels), jit)(x)]
     labels, x = inputs(b)
-    before = _peak_mib()
-    [t.numpy() for t in _timing.fwd_bwd(loss_fn(case, labels), jit)(x)]
-    return _peak_mib() - before
+    step = _timing.fwd_bwd(loss_fn(case, labels), jit)
+    before, peak = _peak_rss_during(lambda: [t.numpy() for t in step(x)])
+    return peak - before
 
 
 def memory(b, soft_1800, rows, failures):
@@ -165,8 +190,8 @@ def main(argv=None):
     speed(batches, args.rounds, args.soft_1800, speed_rows, failures)
     print(_timing.table(speed_rows, ["b", "compile", "loss", "ms", "ratio"]))
     memory_batch = 480 if args.quick else 1800
-    print(f"\n(b) peak extra memory of one forward+backward at b = {memory_batch} (MiB, ru_maxrss "
-          "rise over b = 16; wall s of the subprocess incl. start-up)", flush=True)
+    print(f"\n(b) peak extra memory of one forward+backward at b = {memory_batch} (MiB, resident "
+          "set rise during the call; wall s of the subprocess incl. start-up)", flush=True)
     memory(memory_batch, args.soft_1800, memory_rows, failures)
     print(_timing.table(memory_rows, ["b", "compile", "loss", "peak extra MiB", "wall s"]))
     if failures:

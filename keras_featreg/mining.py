@@ -341,6 +341,27 @@ def _count_below(keys, queries):
     return _prefix_length(keys, queries, ops.less) if native is None else native
 
 
+def _run_sizes(keys, positions):
+    """Length of the run of equal keys (ties) that holds each sorted position.
+
+    With a known width: run ids ``cumsum(keys[j] != keys[j - 1])`` and their lengths by
+    one scatter-add, O(b^2); otherwise two binary searches. ``positions`` must be valid
+    indices (``0 <= positions < width``).
+    """
+    if keys.shape[1] is None:
+        value = _backend.take_rows(keys, positions)
+        return _count_at_most(keys, value) - _count_below(keys, value)
+    rows, width = ops.shape(keys)[0], keys.shape[1]
+    starts = ops.concatenate(
+        [ops.ones_like(keys[:, :1], dtype="int32"),
+         ops.cast(ops.not_equal(keys[:, 1:], keys[:, :-1]), "int32")], axis=1)
+    run = ops.cumsum(starts, axis=1) - 1
+    row = ops.broadcast_to(ops.expand_dims(ops.arange(rows, dtype="int32"), 1), ops.shape(run))
+    indices = ops.reshape(ops.stack([row, run], axis=-1), (-1, 2))
+    sizes = ops.scatter(indices, ops.ones((rows * width,), "int32"), (rows, width))
+    return _backend.take_rows(sizes, _backend.take_rows(run, positions))
+
+
 def _exclusive_cumsum(values):
     """``[0, v_0, v_0 + v_1, ...]`` along axis 1: ``(b, m)`` -> ``(b, m + 1)``."""
     zeros = ops.zeros_like(values[:, :1])
@@ -426,13 +447,12 @@ def _batch_semi_hard_sorted(distances, labels):
     order, keys, count = _sorted_negatives(distances, negative)
     values = _backend.take_rows(distances, order)  # sorted, with gradient
     n = ops.shape(keys)[1]
-    # (a, p): [c, e) is the run of the closest negatives farther than p.
+    # (a, p): [c, e) is the run of the closest negatives farther than p (c starts a run).
     c = _count_at_most(keys, ops.stop_gradient(distances))
     has_outside = c < count
-    e = _count_at_most(keys, _backend.take_rows(keys, ops.minimum(c, n - 1)))
-    # a: [f, count) is the run of the farthest negatives (the fallback).
-    last = _backend.take_rows(keys, ops.maximum(count - 1, 0))
-    f = _count_below(keys, last)
+    e = c + _run_sizes(keys, ops.minimum(c, n - 1))
+    # a: [f, count) is the run of the farthest negatives, the fallback (count - 1 ends one).
+    f = ops.maximum(count - _run_sizes(keys, ops.maximum(count - 1, 0)), 0)
     start = ops.where(has_outside, c, f)
     end = ops.where(has_outside, e, count)
     semi_hard = _tie_mean(values, start, end)
