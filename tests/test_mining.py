@@ -473,6 +473,8 @@ def test_b1800_forward_and_backward_run():
     for kind in ("semi-hard", "all"):
         value, grad = _value_and_grad_jit(lambda t: lr.triplet_loss(labels, t, mining=kind), x, False)
         assert np.isfinite(value) and np.all(np.isfinite(grad)) and np.any(grad != 0.0), kind
-    d = np.sqrt(np.maximum(((x[:, None, :].astype(np.float64) - x[None]) ** 2).sum(-1), 0.0))
+    x64 = x.astype(np.float64)
+    squared = (x64**2).sum(1)
+    d = np.sqrt(np.maximum(squared[:, None] + squared[None] - 2.0 * x64 @ x64.T, 0.0))
     value, _ = _value_and_grad_jit(lambda t: lr.triplet_loss(labels, t, margin=0.2), x, False)
     assert float(value) == pytest.approx(_numpy_sorted_semi_hard_loss(d, labels, 0.2), rel=1e-4)
