@@ -296,8 +296,9 @@ def _sorted_negatives(distances, negative):
     """
     inf = ops.cast(float("inf"), distances.dtype)
     masked = ops.where(negative, ops.stop_gradient(distances), inf)
-    order = ops.cast(ops.argsort(masked, axis=1), "int32")
-    keys = _backend.take_rows(masked, order)
+    # One top_k gives the sorted values and the permutation (argsort + gather is slower).
+    descending, order = ops.top_k(-masked, k=ops.shape(masked)[1], sorted=True)
+    keys, order = -descending, ops.cast(order, "int32")
     count = ops.sum(ops.cast(negative, "int32"), axis=1, keepdims=True)
     return order, keys, count
 
@@ -341,16 +342,16 @@ def _count_below(keys, queries):
     return _prefix_length(keys, queries, ops.less) if native is None else native
 
 
-def _run_sizes(keys, positions):
+def _run_sizes(keys, *positions):
     """Length of the run of equal keys (ties) that holds each sorted position.
 
+    One tensor of lengths per tensor in `positions` (valid indices, ``0 <= . < width``).
     With a known width: run ids ``cumsum(keys[j] != keys[j - 1])`` and their lengths by
-    one scatter-add, O(b^2); otherwise two binary searches. ``positions`` must be valid
-    indices (``0 <= positions < width``).
+    one scatter-add, O(b^2); otherwise two binary searches per tensor.
     """
     if keys.shape[1] is None:
-        value = _backend.take_rows(keys, positions)
-        return _count_at_most(keys, value) - _count_below(keys, value)
+        values = [_backend.take_rows(keys, p) for p in positions]
+        return [_count_at_most(keys, v) - _count_below(keys, v) for v in values]
     rows, width = ops.shape(keys)[0], keys.shape[1]
     starts = ops.concatenate(
         [ops.ones_like(keys[:, :1], dtype="int32"),
@@ -359,7 +360,7 @@ def _run_sizes(keys, positions):
     row = ops.broadcast_to(ops.expand_dims(ops.arange(rows, dtype="int32"), 1), ops.shape(run))
     indices = ops.reshape(ops.stack([row, run], axis=-1), (-1, 2))
     sizes = ops.scatter(indices, ops.ones((rows * width,), "int32"), (rows, width))
-    return _backend.take_rows(sizes, _backend.take_rows(run, positions))
+    return [_backend.take_rows(sizes, _backend.take_rows(run, p)) for p in positions]
 
 
 def _exclusive_cumsum(values):
@@ -447,12 +448,13 @@ def _batch_semi_hard_sorted(distances, labels):
     order, keys, count = _sorted_negatives(distances, negative)
     values = _backend.take_rows(distances, order)  # sorted, with gradient
     n = ops.shape(keys)[1]
-    # (a, p): [c, e) is the run of the closest negatives farther than p (c starts a run).
+    # (a, p): [c, e) is the run of the closest negatives farther than p (c starts a run);
     c = _count_at_most(keys, ops.stop_gradient(distances))
     has_outside = c < count
-    e = c + _run_sizes(keys, ops.minimum(c, n - 1))
     # a: [f, count) is the run of the farthest negatives, the fallback (count - 1 ends one).
-    f = ops.maximum(count - _run_sizes(keys, ops.maximum(count - 1, 0)), 0)
+    size_c, size_last = _run_sizes(keys, ops.minimum(c, n - 1), ops.maximum(count - 1, 0))
+    e = c + size_c
+    f = ops.maximum(count - size_last, 0)
     start = ops.where(has_outside, c, f)
     end = ops.where(has_outside, e, count)
     semi_hard = _tie_mean(values, start, end)
