@@ -9,6 +9,12 @@ Everything that differs between Keras backends lives here, small and isolated:
   even under ``jit``.
 * :func:`lapack_threads_compete`: whether a LAPACK decomposition inside a training step slows
   the rest of the step (JAX on CPU), so that matmul-only iterations are cheaper overall.
+* :func:`take_rows`: ``take_along_axis(x, index, axis=1)`` for ``(b, m)`` tensors, which
+  Keras's TensorFlow backend builds from index grids (three times slower than
+  ``tf.gather(..., batch_dims=1)`` without XLA; the sorted triplet mining calls it a few
+  dozen times a step).
+* :func:`searchsorted_rows`: a native batched ``searchsorted`` where it is the fastest
+  (TensorFlow without XLA), else None (the caller runs its own binary search).
 * :func:`keras_divides_activity_regularizers`: Keras >= 3.14 divides whatever an
   ``activity_regularizer`` returns by the batch size; earlier Keras 3 releases do not.
 * Distributed training: :func:`gather_replicas`, :func:`num_replicas_in_sync`,
@@ -25,6 +31,26 @@ import keras
 
 def backend_name():
     return keras.backend.backend()
+
+
+def take_rows(x, index):
+    """``out[a, j] = x[a, index[a, j]]`` for 2-D `x` and integer `index` (differentiable in `x`)."""
+    if backend_name() == "tensorflow":
+        import tensorflow as tf
+
+        return tf.gather(x, index, batch_dims=1)
+    return keras.ops.take_along_axis(x, index, axis=1)
+
+
+def searchsorted_rows(sorted_rows, queries, side):
+    """Row-wise ``searchsorted`` (``int32``, ``side`` "left" or "right") with
+    TensorFlow's native kernel when not compiling with XLA; None elsewhere (XLA lowers
+    ``tf.searchsorted`` to a slow loop; JAX's is one-dimensional)."""
+    if backend_name() != "tensorflow" or in_xla_context():
+        return None
+    import tensorflow as tf
+
+    return tf.searchsorted(sorted_rows, queries, side=side, out_type=tf.int32)
 
 
 def in_xla_context():

@@ -153,7 +153,8 @@ def triplet_loss(y_true, y_pred, margin=0.2, mining="semi-hard", soft=False, dis
     triplets of :func:`keras_featreg.mining.batch_semi_hard`, ``batch_hard`` or
     ``batch_all`` (the latter averages over the triplets with a positive loss).
     See :class:`TripletLoss`. `mining` may also be a callable
-    ``(distances (b, b), labels (b,)) -> keras_featreg.mining.MinedTriplets``.
+    ``(distances (b, b), labels (b,)) -> keras_featreg.mining.MinedTriplets``
+    (``keras_featreg.mining.batch_all`` itself runs the O(b^2)-memory "all" path).
 
     ``cross_replica=True``: under a ``tf.distribute`` strategy, mine and average over the
     global batch (labels and embeddings of all replicas gathered); every replica returns
@@ -170,6 +171,9 @@ def triplet_loss(y_true, y_pred, margin=0.2, mining="semi-hard", soft=False, dis
     labels, embeddings = _inputs(y_true, y_pred, cross_replica)
 
     pairwise = distances_lib.pairwise_distances(embeddings, metric=distance)
+    if miner is mining_lib.batch_all:
+        return _utils.propagate_nonfinite(_batch_all_loss(pairwise, labels, margin, soft),
+                                          embeddings)
     mined = miner(pairwise, labels)
     difference = mined.positive_distances - mined.negative_distances
     if soft:
@@ -180,6 +184,21 @@ def triplet_loss(y_true, y_pred, margin=0.2, mining="semi-hard", soft=False, dis
     if mined.average_over_active:
         mask = ops.logical_and(mask, ops.greater(losses, 0.0))
     return _utils.propagate_nonfinite(_masked_mean(losses, mask), embeddings)
+
+
+def _batch_all_loss(distances, labels, margin, soft):
+    """"Batch all" triplet loss without the ``(b, b, b)`` tensors of :func:`mining.batch_all`.
+
+    Hinge: ``sum(sums) / max(sum(counts), 1)`` from
+    :func:`keras_featreg.mining.batch_all_hinge_sums`, O(b^2 log b) time and O(b^2)
+    memory. Soft margin: ``sum_{a, p, n} log(1 + exp(D[a, p] - D[a, n]))`` has no sorted
+    form; :func:`keras_featreg.mining.batch_all_soft_mean` keeps O(b^3) time but O(b^2)
+    memory (anchors in chunks).
+    """
+    if soft:
+        return mining_lib.batch_all_soft_mean(distances, labels)
+    sums, counts = mining_lib.batch_all_hinge_sums(distances, labels, margin)
+    return ops.sum(sums) / ops.maximum(ops.sum(counts), 1.0)
 
 
 def contrastive_loss(y_true, y_pred, margin=1.0, distance="euclidean", power=1,
@@ -393,7 +412,13 @@ class TripletLoss(_RankingLoss):
       over anchors that have both. Identical to ``tfa.losses.TripletHardLoss`` on
       batches where every class appears at least twice.
     * ``"all"``: every valid triplet; mean over the triplets whose loss is > 0 (with
-      ``soft=True``: over all valid triplets). O(b^3) memory.
+      ``soft=True``: over all valid triplets).
+
+    Cost: ``"semi-hard"`` and ``"all"`` sort each anchor's negative distances once and
+    binary-search them, O(b^2 log b) time and O(b^2) memory (FaceNet's b = 1800 fits),
+    with the values and gradients of the O(b^3) definitions; ``"all"`` with
+    ``soft=True`` keeps O(b^3) time (a softplus has no prefix-sum form) in O(b^2)
+    memory. ``"hard"`` is O(b^2).
 
     Batches: ``p`` classes x ``l >= 2`` samples (the paper: 24 x 6). Expects
     L2-normalized embeddings (e.g. ``keras.layers.UnitNormalization``) for the bounds.

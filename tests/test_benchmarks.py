@@ -15,8 +15,8 @@ from _helpers import run_help
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 SCRIPTS = (
-    "bench_distributed.py", "bench_recall.py", "bench_spectral.py", "bench_train_step.py",
-    "distance_accuracy.py",
+    "bench_distributed.py", "bench_mining.py", "bench_recall.py", "bench_spectral.py",
+    "bench_train_step.py", "distance_accuracy.py",
 )
 
 
