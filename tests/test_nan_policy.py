@@ -148,8 +148,11 @@ def test_guard_leaves_finite_values_and_gradients_unchanged(name):
     assert np.isfinite(value) and np.all(np.isfinite(grad))
     # The guard on its own: identical value and gradient, eagerly and under jit.
     guarded = value_and_grad(lambda t: _utils.propagate_nonfinite(fn(t), t), x)
-    np.testing.assert_array_equal(guarded[0], value)
-    np.testing.assert_array_equal(guarded[1], grad)
+    # Same ops plus a where() on a constant: equal up to the reduction order a backend may
+    # pick for a different graph (a few float32 roundings), not bit for bit on every CPU.
+    tol = 8 * np.finfo(np.float32).eps
+    np.testing.assert_allclose(guarded[0], value, rtol=tol, atol=0)
+    np.testing.assert_allclose(guarded[1], grad, rtol=tol, atol=tol * np.abs(grad).max())
     np.testing.assert_allclose(float(jit(lambda t: fn(t))(x)), float(value), rtol=1e-5)
 
 
