@@ -552,8 +552,9 @@ def test_cross_replica_option(cls):
     x = _normalize(rng.standard_normal((8, 3))).astype("float32")
     value, grad = _value_and_grad(lambda e: cls()(labels, e), x)
     value_cr, grad_cr = _value_and_grad(lambda e: cls(cross_replica=True)(labels, e), x)
-    assert float(value_cr) == float(value)
-    np.testing.assert_array_equal(grad_cr, grad)
+    tol = 8 * np.finfo(np.float32).eps  # the same ops: at most a reduction-order rounding
+    np.testing.assert_allclose(float(value_cr), float(value), rtol=tol)
+    np.testing.assert_allclose(grad_cr, grad, rtol=tol, atol=tol * np.abs(grad).max())
 
 
 # ------------------------------------------------------------------------------ bounds
