@@ -180,9 +180,21 @@ class _Prepared:
         """The (rows × cols) block of D."""
         d = self.left[rows] @ self.right[cols].T
         if self.sq is not None:
-            bound = self.coefficient * (self.sq[rows][:, None] + self.sq[cols][None, :])
-            d[d <= bound] = 0.0
+            self._zero_within_bound(d, self.sq[rows], self.sq[cols])
         return d
+
+    def _zero_within_bound(self, d, sq_rows, sq_cols):
+        """Sets the entries within the expansion's rounding bound to exactly 0, in place.
+
+        Only rows whose smallest entry is within their largest bound are compared entry by
+        entry (with spread-out embeddings, the rows of the diagonal tiles only).
+        """
+        limit = self.coefficient * (sq_rows + sq_cols.max())
+        candidates = np.flatnonzero(d.min(axis=1) <= limit)
+        if candidates.size:
+            sub = d[candidates]
+            sub[sub <= self.coefficient * (sq_rows[candidates, None] + sq_cols[None, :])] = 0.0
+            d[candidates] = sub
 
     def unsort(self, sorted_values):
         """Maps per-sample values computed in sorted order back to input order."""
