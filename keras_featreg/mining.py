@@ -112,6 +112,20 @@ def pair_masks(labels):
     return positive, ops.logical_not(same)
 
 
+def _masks(labels, masks):
+    """``pair_masks(labels)``, or the ``(positive, negative)`` masks given by the caller.
+
+    Every miner accepts ``masks=(positive, negative)``, two boolean ``(b, m)`` tensors,
+    instead of deriving them from `labels`: a rectangular distance matrix between a
+    batch and a set of reference embeddings (a cross-batch memory) with their own
+    labels, or a miner restricted to pairs chosen earlier.
+    """
+    if masks is None:
+        return pair_masks(labels)
+    positive, negative = masks
+    return ops.convert_to_tensor(positive), ops.convert_to_tensor(negative)
+
+
 def triplet_mask(labels):
     """Boolean ``(b, b, b)`` mask, ``[a, p, n]`` True iff ``(a, p, n)`` is a valid triplet.
 
@@ -191,7 +205,7 @@ def masked_logsumexp(x, mask, axis=-1, include_zero=False):
     return ops.squeeze(out, axis=axis)
 
 
-def batch_all(distances, labels):
+def batch_all(distances, labels, masks=None):
     """Every valid triplet ``(a, p, n)`` of the batch ("batch all").
 
     The loss averages over the *active* triplets -- those with a loss > 0 -- as in
@@ -224,12 +238,13 @@ def batch_all(distances, labels):
     return MinedTriplets(
         positive_distances=ops.expand_dims(distances, 2),
         negative_distances=ops.expand_dims(distances, 1),
-        mask=triplet_mask(labels),
+        mask=triplet_mask(labels) if masks is None else ops.logical_and(
+            ops.expand_dims(masks[0], 2), ops.expand_dims(masks[1], 1)),
         average_over_active=True,
     )
 
 
-def batch_hard(distances, labels):
+def batch_hard(distances, labels, masks=None):
     """Hardest positive and hardest negative of every anchor ("batch hard").
 
     For each anchor ``a``: ``max_p D[a, p]`` over its positives and ``min_n D[a, n]``
@@ -262,7 +277,7 @@ def batch_hard(distances, labels):
     [True, True, False]
     """
     distances = ops.convert_to_tensor(distances)
-    positive, negative = pair_masks(labels)
+    positive, negative = _masks(labels, masks)
     hardest_positive, has_positive = masked_max(distances, positive, axis=1)
     hardest_negative, has_negative = masked_min(distances, negative, axis=1)
     return MinedTriplets(
@@ -387,7 +402,7 @@ def _tie_mean(values, start, end):
     return ops.stop_gradient(first) + (mean - ops.stop_gradient(mean))
 
 
-def batch_semi_hard(distances, labels):
+def batch_semi_hard(distances, labels, masks=None):
     """Semi-hard negative for every positive pair, exactly as ``tfa.losses.TripletSemiHardLoss``.
 
     For each positive pair ``(a, p)`` (Schroff et al. 2015, FaceNet): the negative is the
@@ -437,14 +452,14 @@ def batch_semi_hard(distances, labels):
     distances = ops.convert_to_tensor(distances)
     b = _static_batch(distances)
     if b is not None and b <= CUBIC_MAX_BATCH:
-        return _batch_semi_hard_cubic(distances, labels)
-    return _batch_semi_hard_sorted(distances, labels)
+        return _batch_semi_hard_cubic(distances, labels, masks)
+    return _batch_semi_hard_sorted(distances, labels, masks)
 
 
-def _batch_semi_hard_sorted(distances, labels):
+def _batch_semi_hard_sorted(distances, labels, masks=None):
     """:func:`batch_semi_hard` by sorted negatives and binary searches (any batch size)."""
     distances = ops.convert_to_tensor(distances)
-    positive, negative = pair_masks(labels)
+    positive, negative = _masks(labels, masks)
     order, keys, count = _sorted_negatives(distances, negative)
     values = _backend.take_rows(distances, order)  # sorted, with gradient
     n = ops.shape(keys)[1]
@@ -467,7 +482,7 @@ def _batch_semi_hard_sorted(distances, labels):
     )
 
 
-def batch_all_hinge_sums(distances, labels, margin):
+def batch_all_hinge_sums(distances, labels, margin, masks=None):
     """Per positive pair, the sum and the number of active hinge terms of "batch all".
 
     ``sums[a, p] = sum_{n in A} (D[a, p] - D[a, n] + margin)`` and ``counts[a, p] = |A|``
@@ -493,7 +508,7 @@ def batch_all_hinge_sums(distances, labels, margin):
         0 off the positive pairs.
     """
     distances = ops.convert_to_tensor(distances)
-    positive, negative = pair_masks(labels)
+    positive, negative = _masks(labels, masks)
     order, keys, _ = _sorted_negatives(distances, negative)
     values = _backend.take_rows(distances, order)
 
@@ -588,7 +603,7 @@ def _soft_mean_chunked(distances, positive, negative, chunk):
     return mean(distances, ops.cast(positive, dtype), ops.cast(negative, dtype))
 
 
-def batch_all_soft_mean(distances, labels, chunk_elements=None):
+def batch_all_soft_mean(distances, labels, chunk_elements=None, masks=None):
     """Soft-margin "batch all" loss: the mean of ``log(1 + exp(D[a, p] - D[a, n]))``.
 
     Over the valid triplets ``(a, p, n)`` whose term is > 0 in floating point (all of
@@ -603,7 +618,7 @@ def batch_all_soft_mean(distances, labels, chunk_elements=None):
         Scalar tensor; 0 when the batch has no valid triplet.
     """
     distances = ops.convert_to_tensor(distances)
-    positive, negative = pair_masks(labels)
+    positive, negative = _masks(labels, masks)
     chunk_elements = SOFT_CHUNK_ELEMENTS if chunk_elements is None else int(chunk_elements)
     b = distances.shape[0]
     chunk = 1 if b is None else max(1, min(b, chunk_elements // max(b * b, 1)))
@@ -614,14 +629,14 @@ def batch_all_soft_mean(distances, labels, chunk_elements=None):
     return _soft_mean_chunked(distances, positive, negative, chunk)
 
 
-def _batch_semi_hard_cubic(distances, labels):
+def _batch_semi_hard_cubic(distances, labels, masks=None):
     """:func:`batch_semi_hard` by its definition, with a ``(b, b, b)`` mask: O(b^3) time and memory.
 
     The reference the sorted form is tested against (and the faster of the two for small
     batches: :func:`batch_semi_hard` calls it when ``b <= CUBIC_MAX_BATCH``).
     """
     distances = ops.convert_to_tensor(distances)
-    positive, negative = pair_masks(labels)
+    positive, negative = _masks(labels, masks)
     anchor_negative = ops.expand_dims(distances, 1)  # (a, 1, n)
     anchor_positive = ops.expand_dims(distances, 2)  # (a, p, 1)
     farther = ops.logical_and(

@@ -1,0 +1,96 @@
+"""Losses by family, built from parts: distances, miners and reducers.
+
+Ranking (metric-learning) losses follow ``keras.losses.Circle``'s convention: ``y_true``
+holds integer class labels ``(b,)`` and ``y_pred`` the embeddings ``(b, d)``; samples
+sharing a label are positives. Each composes a distance
+(:mod:`keras_featreg.distances`), optionally a miner (:mod:`keras_featreg.miners`) and a
+reducer (:mod:`keras_featreg.reducers`) on the private base
+:class:`~keras_featreg.losses._base.MetricLoss`. Two-view losses (VICReg) take the two
+views as ``(z_a, z_b)``.
+
+Families (one private module each):
+
+* ``_triplet``: :class:`TripletLoss` (semi-hard, batch-hard, batch-all mining).
+* ``_contrastive``: :class:`ContrastiveLoss` (all pairs, or mined pairs).
+* ``_npair``: :class:`NPairLoss`, :class:`AngularLoss` (``p x 2`` batches).
+* ``_vicreg``: :class:`VICRegLoss` (two views).
+
+:func:`get` resolves a loss from its name (``"triplet"``, ``"TripletLoss"``, ...), a
+serialized config or an instance.
+"""
+
+import keras
+
+from keras_featreg.losses._base import BatchLoss, MetricLoss  # noqa: F401
+from keras_featreg.losses._contrastive import (  # noqa: F401
+    ContrastiveLoss,
+    contrastive_loss,
+    contrastive_loss_bounds,
+)
+from keras_featreg.losses._npair import (  # noqa: F401
+    AngularLoss,
+    NPairLoss,
+    angular_f_bounds,
+    angular_loss,
+    angular_loss_bounds,
+    npair_loss,
+    npair_loss_bounds,
+)
+from keras_featreg.losses._triplet import TripletLoss, triplet_loss, triplet_loss_bounds  # noqa: F401
+from keras_featreg.losses._vicreg import VICRegLoss, vicreg_loss, vicreg_terms  # noqa: F401
+
+_CLASSES = [TripletLoss, ContrastiveLoss, NPairLoss, AngularLoss, VICRegLoss]
+
+
+def _snake(name):
+    out = []
+    for i, ch in enumerate(name):
+        if ch.isupper() and i and not name[i - 1].isupper():
+            out.append("_")
+        out.append(ch.lower())
+    return "".join(out)
+
+
+def _aliases():
+    table = {}
+    for cls in _CLASSES:
+        snake = _snake(cls.__name__)  # "triplet_loss"
+        for alias in (cls.__name__, snake, snake[: -len("_loss")] if snake.endswith("_loss") else snake):
+            table[alias] = cls
+    return table
+
+
+def get(identifier, **kwargs):
+    """A loss instance from a name, a serialized config, an instance or a class.
+
+    Names: the class name (``"TripletLoss"``), its snake case (``"triplet_loss"``) or
+    without the suffix (``"triplet"``, ``"proxy_anchor"``, ``"vicreg"``); `kwargs` go to
+    the constructor.
+
+    Example:
+
+    >>> from keras_featreg import losses
+    >>> loss = losses.get("triplet", margin=0.1)
+    >>> type(loss).__name__, loss.margin
+    ('TripletLoss', 0.1)
+    """
+    if isinstance(identifier, keras.losses.Loss):
+        return identifier
+    table = _aliases()
+    if isinstance(identifier, str) and identifier in table:
+        return table[identifier](**kwargs)
+    if isinstance(identifier, type) and issubclass(identifier, keras.losses.Loss):
+        return identifier(**kwargs)
+    if isinstance(identifier, dict):
+        return keras.saving.deserialize_keras_object(identifier)
+    raise ValueError(
+        f"Unknown loss {identifier!r}. Expected one of {sorted(set(table))}, a keras Loss, "
+        f"or a serialized loss config."
+    )
+
+
+def register(cls):
+    """Add a loss class to :func:`get`'s names (used by the families and by user code)."""
+    if cls not in _CLASSES:
+        _CLASSES.append(cls)
+    return cls
