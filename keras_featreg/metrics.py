@@ -1,13 +1,15 @@
-"""Spectrum and collapse metrics of embedding batches, and a callback that logs them.
+"""Spectrum and collapse metrics of embedding batches.
 
 All values come from :mod:`keras_featreg.ops` (the same primitives the regularizers use).
 An embedding batch holding a NaN or an infinity gives NaN values (every entry of a vector,
 every value of a dict but the shape), never finite ones.
+
+The callback that logs them each epoch, ``SpectrumMonitor``, lives in
+:mod:`keras_featreg.callbacks` and stays importable from here.
 """
 
 import math
 
-import keras
 import numpy as np
 from keras import ops
 
@@ -94,7 +96,7 @@ def collapse_statistics(embeddings, threshold=0.01, normalize=True):
 
 
 def spectrum_statistics(embeddings, normalize=True, threshold=0.01):
-    """Everything the :class:`SpectrumMonitor` logs, as a dict of Python floats."""
+    """Everything :class:`keras_featreg.callbacks.SpectrumMonitor` logs, as a dict of Python floats."""
     e = _prepared(embeddings, normalize)
     b, d = int(e.shape[0]), int(e.shape[1])
     if _finite(e):
@@ -114,49 +116,15 @@ def spectrum_statistics(embeddings, normalize=True, threshold=0.01):
     return stats
 
 
-class SpectrumMonitor(keras.callbacks.Callback):
-    """Logs ``s_mu``, its bounds and collapse statistics of held-out embeddings each epoch.
+def __getattr__(name):
+    # SpectrumMonitor moved to keras_featreg.callbacks, which imports this module: resolved
+    # on first use (not at import) so that neither module imports the other while loading.
+    if name == "SpectrumMonitor":
+        from keras_featreg.callbacks import SpectrumMonitor
 
-    The values go into the epoch ``logs`` (keys ``{prefix}s_mu``, ``{prefix}s_mu_lower``,
-    ``{prefix}s_mu_upper``, ``{prefix}s_mu_position``, ``{prefix}collapsed_fraction``,
-    ``{prefix}mean_std``), so ``History`` records them and a ``keras.callbacks.TensorBoard``
-    placed *after* this callback in the ``callbacks`` list writes them.
+        return SpectrumMonitor
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-    Args:
-        x: held-out inputs (array or anything ``model.predict`` takes); evaluated as one
-            embedding matrix, so keep it to the batch size you want ``s_mu`` for (the paper's
-            Fig. 6 uses the whole test split).
-        embedding_model: model producing the embeddings (default: the trained model).
-        normalize: L2-normalize rows before measuring.
-        every: log every ``every`` epochs.
-        prefix: key prefix.
-        threshold: collapse threshold, see :func:`collapse_statistics`.
-        batch_size: ``predict`` batch size.
-    """
 
-    KEYS = ("s_mu", "s_mu_lower", "s_mu_upper", "s_mu_position", "collapsed_fraction", "mean_std")
-
-    def __init__(self, x, embedding_model=None, normalize=True, every=1, prefix="val_",
-                 threshold=0.01, batch_size=256):
-        super().__init__()
-        if int(every) < 1:
-            raise ValueError(f"`every` must be >= 1. Received: every={every!r}")
-        self.x = x
-        self.embedding_model = embedding_model
-        self.normalize = normalize
-        self.every = int(every)
-        self.prefix = prefix
-        self.threshold = threshold
-        self.batch_size = batch_size
-        self.history = []
-
-    def on_epoch_end(self, epoch, logs=None):
-        if (epoch + 1) % self.every:
-            return
-        model = self.embedding_model or self.model
-        emb = model.predict(self.x, batch_size=self.batch_size, verbose=0)
-        stats = spectrum_statistics(emb, normalize=self.normalize, threshold=self.threshold)
-        self.history.append({"epoch": epoch, **stats})
-        if logs is not None:
-            for key in self.KEYS:
-                logs[self.prefix + key] = stats[key]
+def __dir__():
+    return sorted(set(globals()) | {"SpectrumMonitor"})

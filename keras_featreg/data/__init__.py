@@ -1,0 +1,31 @@
+"""Class-balanced (p × l) batches and open-set dataset loaders.
+
+* :mod:`~keras_featreg.data.samplers`: `class_balanced_dataset` (an infinite
+  `tf.data.Dataset` of p classes × l samples per batch, the layout metric-learning losses
+  need) and `split_by_class` (training classes vs disjoint test classes).
+* :mod:`~keras_featreg.data.datasets`: loaders returning ``(x_train, y_train), (x_test,
+  y_test)`` for the open-set retrieval protocol (test classes disjoint from the training
+  ones, original class ids): scikit-learn's digits, Fashion-MNIST from IDX files
+  (`read_idx`), and CUB-200-2011 / CARS196 / Stanford Online Products via
+  tensorflow-datasets.
+
+Everything is re-exported here: ``from keras_featreg.data import class_balanced_dataset``.
+"""
+
+from keras_featreg.data.datasets import (  # noqa: F401  (FASHION_MNIST_DIRS: re-export)
+    FASHION_MNIST_DIRS,
+    load_digits_split,
+    load_fashion_mnist_split,
+    load_tfds_split,
+    read_idx,
+)
+from keras_featreg.data.samplers import class_balanced_dataset, split_by_class
+
+__all__ = [
+    "class_balanced_dataset",
+    "load_digits_split",
+    "load_fashion_mnist_split",
+    "load_tfds_split",
+    "read_idx",
+    "split_by_class",
+]
