@@ -217,5 +217,7 @@ def get(identifier, arg="distance"):
 
 
 def name_of(distance):
-    """The string name of a built-in distance (for configs), else the object itself."""
-    return getattr(distance, "name", None) if type(distance) in _BY_NAME.values() else distance
+    """The string name of a built-in part with its default arguments (for configs), else the object."""
+    if type(distance) in _BY_NAME.values() and distance == type(distance)():
+        return distance.name
+    return distance

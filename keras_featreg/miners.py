@@ -392,4 +392,7 @@ def get(identifier, arg="miner"):
 
 
 def name_of(miner):
-    return miner.name if type(miner) in _BY_NAME.values() else miner
+    """The string name of a built-in part with its default arguments (for configs), else the object."""
+    if type(miner) in _BY_NAME.values() and miner == type(miner)():
+        return miner.name
+    return miner

@@ -174,4 +174,7 @@ def get(identifier, arg="reducer"):
 
 
 def name_of(reducer):
-    return reducer.name if type(reducer) in _BY_NAME.values() else reducer
+    """The string name of a built-in part with its default arguments (for configs), else the object."""
+    if type(reducer) in _BY_NAME.values() and reducer == type(reducer)():
+        return reducer.name
+    return reducer

@@ -5,6 +5,7 @@ import numpy as np
 
 from keras_featreg import _utils
 from keras_featreg import backend as _backend
+from keras_featreg.losses._base import BatchLoss
 from keras_featreg.ops import moments
 
 _PACKAGE = "keras_featreg"
@@ -76,12 +77,13 @@ def vicreg_loss(z_a, z_b, invariance_factor=25.0, variance_factor=25.0,
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class VICRegLoss(keras.losses.Loss):
+class VICRegLoss(BatchLoss):
     """VICReg's two-view loss, called as ``loss(z_a, z_b)``.
 
     See :func:`vicreg_loss` for the formula. Defaults reproduce the official code
     (``25 * mse + 25 * (v(Z_a)/2 + v(Z_b)/2) + 1 * (c(Z_a) + c(Z_b))``). The loss is a
-    batch statistic: ``sample_weight`` and ``reduction`` do not apply and are ignored.
+    batch statistic: ``sample_weight`` and any ``reduction`` but Keras's default are
+    refused with a clear error (:class:`~keras_featreg.losses.BatchLoss`).
 
     Args:
         invariance_factor: lambda (>= 0).
@@ -121,6 +123,8 @@ class VICRegLoss(keras.losses.Loss):
                            self.covariance_method, self.cross_replica)
 
     def __call__(self, y_true, y_pred, sample_weight=None):
+        if sample_weight is not None:
+            return super().__call__(y_true, y_pred, sample_weight)  # raises the clear error
         return _backend.scale_loss_for_replicas(self.call(y_true, y_pred))
 
     def get_config(self):
