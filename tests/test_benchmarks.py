@@ -15,7 +15,7 @@ from _helpers import run_help
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 SCRIPTS = (
-    "bench_distributed.py", "bench_mining.py", "bench_recall.py", "bench_spectral.py",
+    "bench_distributed.py", "bench_losses.py", "bench_mining.py", "bench_recall.py", "bench_spectral.py",
     "bench_train_step.py", "distance_accuracy.py",
 )
 
@@ -67,3 +67,18 @@ def test_train_step_and_floor(bench):
     assert all(math.isfinite(v) for v in overhead.values()) and step_ms > 0
     floors = bench_train_step.floor_rows(False, step_ms, 16)
     assert len(floors) == 3
+
+
+@pytest.mark.tensorflow_only
+def test_loss_benchmark_times_every_loss_on_a_tiny_batch():
+    """Every loss of the table runs compiled (with and without XLA) at b = 16; the PML
+    column appears when torch and pytorch-metric-learning are installed."""
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import bench_losses
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    rows, _ = bench_losses.run([(16, 8)], 1, None)
+    assert len(rows) == len(bench_losses.SPECS)
+    timed = [r for r in rows if r[3] != "not in this version"]
+    assert len(timed) >= 6 and all(float(r[3]) > 0 and float(r[4]) > 0 for r in timed)
