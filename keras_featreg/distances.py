@@ -25,7 +25,7 @@ Example:
 >>> import numpy as np
 >>> from keras_featreg import distances
 >>> x = np.array([[1.0, 0.0], [0.0, 2.0]])
->>> np.asarray(distances.get("euclidean")(x)).round(4).tolist()
+>>> np.asarray(distances.get("euclidean")(x), dtype=float).round(4).tolist()
 [[0.0, 2.2361], [2.2361, 0.0]]
 >>> sim = distances.CosineSimilarity()
 >>> sim.is_inverted, np.asarray(sim(x)).tolist()
