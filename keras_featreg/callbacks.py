@@ -21,6 +21,7 @@ from keras_featreg.evaluation._checks import (
     _check_ks,
     _check_labels,
     _check_positive_int,
+    _metric_name,
 )
 from keras_featreg.evaluation._extract import _is_tf_dataset, embed
 from keras_featreg.evaluation._report import evaluate_retrieval
@@ -86,7 +87,7 @@ class RetrievalEvaluation(keras.callbacks.Callback):
         verbose=0,
     ):
         super().__init__()
-        check_choice("metric", metric, _METRICS)
+        check_choice("metric", _metric_name(metric), _METRICS)
         self.every = _check_positive_int("every", every)
         self.batch_size = _check_positive_int("batch_size", batch_size)
         if y is None:

@@ -300,3 +300,16 @@ def test_keras_save_and_load_keep_every_part(tmp_path, rng):
     assert restored.reducer == loss.reducer and restored.margin == loss.margin
     np.testing.assert_allclose(loaded.evaluate(x, labels, batch_size=16, verbose=0),
                                model.evaluate(x, labels, batch_size=16, verbose=0), rtol=1e-5)
+
+
+def test_the_evaluation_accepts_the_distance_objects(rng):
+    from keras_featreg.evaluation import map_at_r, recall_at_k
+
+    labels, x = _batch(rng, p=8, l=4, d=5)
+    for name, metric in (("euclidean", "euclidean"), ("squared_euclidean", "euclidean"),
+                         ("cosine", "cosine"), ("cosine_similarity", "cosine"),
+                         ("dot_product", "inner_product")):
+        got = recall_at_k(x, labels, ks=(1, 4), metric=distances.get(name))
+        assert got == recall_at_k(x, labels, ks=(1, 4), metric=metric), name
+    assert map_at_r(x, labels, metric=distances.CosineSimilarity()) == map_at_r(x, labels,
+                                                                                metric="cosine")

@@ -11,6 +11,22 @@ from keras_featreg._utils import class_id_vector
 _METRICS = ("euclidean", "cosine", "inner_product")
 
 
+def _metric_name(metric):
+    """A metric name, or a :mod:`keras_featreg.distances` object mapped to the metric
+    that ranks neighbours the same way (its ``evaluation_metric``): the losses' distance
+    objects serve the evaluation too."""
+    from keras_featreg.distances import Distance
+
+    if isinstance(metric, Distance):
+        if metric.evaluation_metric is None:
+            raise ValueError(
+                f"`metric` {metric!r} has no equivalent ranking in the evaluation. "
+                f"Expected one of {list(_METRICS)} or a built-in distance. Received: metric={metric!r}"
+            )
+        return metric.evaluation_metric
+    return metric
+
+
 # --------------------------------------------------------------------------- #
 # Input validation
 # --------------------------------------------------------------------------- #

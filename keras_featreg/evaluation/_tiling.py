@@ -11,7 +11,12 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from keras_featreg._utils import check_choice
-from keras_featreg.evaluation._checks import _METRICS, _check_embeddings, _check_labels
+from keras_featreg.evaluation._checks import (
+    _METRICS,
+    _check_embeddings,
+    _check_labels,
+    _metric_name,
+)
 from keras_featreg.ops.distances import expansion_error_coefficient
 
 
@@ -26,6 +31,7 @@ class _Prepared:
     """
 
     def __init__(self, embeddings, labels, metric):
+        metric = _metric_name(metric)
         check_choice("metric", metric, _METRICS)
         x = _check_embeddings(embeddings)
         labels = _check_labels(labels, x.shape[0])
