@@ -94,6 +94,14 @@ class EmbeddingMemory(keras.layers.Layer):
         return config
 
 
+def _stateless_scope():
+    try:
+        from keras.src.backend.common.stateless_scope import get_stateless_scope
+    except ImportError:  # pragma: no cover - a Keras without the private module
+        return None
+    return get_stateless_scope()
+
+
 def _check_wrapped(loss):
     if isinstance(loss, dict):
         loss = keras.saving.deserialize_keras_object(loss)
@@ -205,9 +213,12 @@ class CrossBatchMemory(BatchLoss):
                 f"EmbeddingMemory {memory.name!r} has memory_size={memory.memory_size}, "
                 f"embedding_size={memory.embedding_size}; CrossBatchMemory expects "
                 f"memory_size={self.memory_size}, embedding_size={self.embedding_size}.")
-        scope = keras.src.backend.get_stateless_scope() if hasattr(
-            keras.src.backend, "get_stateless_scope") else None
-        if scope is not None and scope.get_current_value(memory.embeddings) is None:
+        # JAX's trainer maps the model's variables in a StatelessScope: a memory that is
+        # not in the model would be read and "updated" without ever being written back.
+        # (Symbolic passes use a scope with an empty mapping.)
+        scope = _stateless_scope()
+        if (scope is not None and getattr(scope, "state_mapping", None)
+                and scope.get_current_value(memory.embeddings) is None):
             raise ValueError(
                 f"The memory of CrossBatchMemory {self.name!r} ({memory.name!r}) is not a "
                 "layer of the model being trained: add `xbm.memory` after the embedding "
