@@ -131,3 +131,6 @@ def detach_regularizers(model, layers=None):
             layer.activity_regularizer = None
             detached.append(layer.name)
     return detached
+
+
+from keras_featreg.losses._xbm import EmbeddingMemory  # noqa: E402,F401  (the memory of CrossBatchMemory)

@@ -14,6 +14,9 @@ Families (one private module each):
 * ``_contrastive``: :class:`ContrastiveLoss` (all pairs, or mined pairs).
 * ``_npair``: :class:`NPairLoss`, :class:`AngularLoss` (``p x 2`` batches).
 * ``_vicreg``: :class:`VICRegLoss` (two views).
+* ``_barlow``: :class:`BarlowTwinsLoss` (two views).
+* ``_xbm``: :class:`CrossBatchMemory` (a pair/triplet loss against a memory of past
+  batches) and its :class:`EmbeddingMemory` layer.
 
 :func:`get` resolves a loss from its name (``"triplet"``, ``"TripletLoss"``, ...), a
 serialized config or an instance.
@@ -38,8 +41,15 @@ from keras_featreg.losses._npair import (  # noqa: F401
 )
 from keras_featreg.losses._triplet import TripletLoss, triplet_loss, triplet_loss_bounds  # noqa: F401
 from keras_featreg.losses._vicreg import VICRegLoss, vicreg_loss, vicreg_terms  # noqa: F401
+from keras_featreg.losses._barlow import (  # noqa: F401
+    BarlowTwinsLoss,
+    barlow_twins_loss,
+    barlow_twins_loss_bounds,
+)
+from keras_featreg.losses._xbm import CrossBatchMemory, EmbeddingMemory  # noqa: F401
 
 _CLASSES = [TripletLoss, ContrastiveLoss, NPairLoss, AngularLoss, VICRegLoss]
+_CLASSES += [BarlowTwinsLoss, CrossBatchMemory]
 
 
 def _snake(name):

@@ -194,7 +194,7 @@ class MetricLoss(BatchLoss):
         return self.compute(labels, embeddings)
 
     def compute(self, labels, embeddings, ref_labels=None, ref_embeddings=None,
-                same_sample=None, ref_valid=None):
+                same_sample=None, ref_valid=None, pair_mask=None):
         """The loss of a batch against references (the batch itself by default).
 
         Args:
@@ -205,6 +205,8 @@ class MetricLoss(BatchLoss):
                 references are the batch, nothing otherwise.
             ref_valid: ``(m,)`` bool, False for reference slots to ignore (an unfilled
                 memory).
+            pair_mask: ``(b, m)`` bool, False for pairs to drop before the loss's own
+                miner (e.g. a :class:`~keras_featreg.losses.CrossBatchMemory` miner).
         """
         if ref_embeddings is None:
             matrix = self.distance(embeddings)
@@ -217,6 +219,9 @@ class MetricLoss(BatchLoss):
         if ref_valid is not None:
             valid = ops.expand_dims(ref_valid, 0)
             positive, negative = ops.logical_and(positive, valid), ops.logical_and(negative, valid)
+        if pair_mask is not None:
+            positive = ops.logical_and(positive, pair_mask)
+            negative = ops.logical_and(negative, pair_mask)
         mined = None
         if self.miner is not None and not self._mines_itself():
             mined = self.miner(matrix, labels, ref_labels, masks=(positive, negative),

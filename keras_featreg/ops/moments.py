@@ -92,3 +92,23 @@ def covariance_penalty(z, method="auto"):
 def invariance_penalty(z_a, z_b):
     """VICReg invariance term as the official code computes it: MSE over ``n d`` elements."""
     return _utils.mean(ops.square(z_a - z_b))
+
+
+def standardize(z, epsilon=1e-5):
+    """Batch standardization ``(z - mean) / sqrt(Var_biased(z) + eps)`` per dimension.
+
+    ``torch.nn.BatchNorm1d(d, affine=False)`` in training mode, as the official Barlow
+    Twins code (Zbontar et al., ICML 2021) applies to each view: the biased variance
+    (divisor ``n``), ``eps = 1e-5``. A constant column (``n = 1``, identical rows) maps to
+    0 with a finite gradient.
+    """
+    z = ops.convert_to_tensor(z)
+    zc = center(z)
+    var = _utils.mean(ops.square(zc), axis=0, keepdims=True)
+    return zc / ops.sqrt(var + epsilon)
+
+
+def cross_correlation(z_a, z_b, epsilon=1e-5):
+    """Barlow Twins' ``C = bn(z_a)^T bn(z_b) / n``, shape ``(d, d)`` (see :func:`standardize`)."""
+    n = ops.cast(ops.shape(z_a)[0], z_a.dtype)
+    return ops.matmul(ops.transpose(standardize(z_a, epsilon)), standardize(z_b, epsilon)) / n
