@@ -14,6 +14,9 @@ Families (one private module each):
 * ``_contrastive``: :class:`ContrastiveLoss` (all pairs, or mined pairs).
 * ``_npair``: :class:`NPairLoss`, :class:`AngularLoss` (``p x 2`` batches).
 * ``_vicreg``: :class:`VICRegLoss` (two views).
+* ``_multi_similarity``: :class:`MultiSimilarityLoss`.
+* ``_contrastive_ssl``: :class:`SupConLoss`, :class:`NTXentLoss`, :func:`two_view_batch`.
+* ``_lifted``: :class:`LiftedStructureLoss`, :class:`GeneralizedLiftedStructureLoss`.
 
 :func:`get` resolves a loss from its name (``"triplet"``, ``"TripletLoss"``, ...), a
 serialized config or an instance.
@@ -38,8 +41,27 @@ from keras_featreg.losses._npair import (  # noqa: F401
 )
 from keras_featreg.losses._triplet import TripletLoss, triplet_loss, triplet_loss_bounds  # noqa: F401
 from keras_featreg.losses._vicreg import VICRegLoss, vicreg_loss, vicreg_terms  # noqa: F401
+from keras_featreg.losses._multi_similarity import (  # noqa: F401
+    MultiSimilarityLoss,
+    multi_similarity_loss,
+)
+from keras_featreg.losses._contrastive_ssl import (  # noqa: F401
+    NTXentLoss,
+    SupConLoss,
+    ntxent_loss,
+    supcon_loss,
+    two_view_batch,
+)
+from keras_featreg.losses._lifted import (  # noqa: F401
+    GeneralizedLiftedStructureLoss,
+    LiftedStructureLoss,
+    generalized_lifted_structure_loss,
+    lifted_structure_loss,
+)
 
 _CLASSES = [TripletLoss, ContrastiveLoss, NPairLoss, AngularLoss, VICRegLoss]
+_CLASSES += [MultiSimilarityLoss, SupConLoss, NTXentLoss, LiftedStructureLoss,
+             GeneralizedLiftedStructureLoss]
 
 
 def _snake(name):
@@ -57,6 +79,7 @@ def _aliases():
         snake = _snake(cls.__name__)  # "triplet_loss"
         for alias in (cls.__name__, snake, snake[: -len("_loss")] if snake.endswith("_loss") else snake):
             table[alias] = cls
+    table.update({"supcon": SupConLoss, "supcon_loss": SupConLoss})  # PML's spelling
     return table
 
 
