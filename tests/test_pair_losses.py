@@ -388,7 +388,7 @@ def test_config_roundtrip(loss):
     (lambda: L.LiftedStructureLoss(neg_margin=None), "Received: neg_margin=None"),
     (lambda: L.NTXentLoss(miner="hard"), "Received: miner='hard'"),
     (lambda: L.SupConLoss(reduction="sum"), "Received: reduction='sum'"),
-    (lambda: L.two_view_batch(np.ones((3, 2)), np.ones((4, 2))), "Received: z_a.shape"),
+    (lambda: L.two_view_batch(np.ones((3, 2), "float32"), np.ones((4, 2), "float32")), "Received: z_a.shape"),
 ])
 def test_bad_arguments_raise_value_error(factory, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
@@ -415,7 +415,7 @@ def test_pure_functions_equal_classes():
 
 
 def test_two_view_batch_labels():
-    labels, batch = L.two_view_batch(np.zeros((3, 2)), np.ones((3, 2)), labels=[7, 7, 2])
+    labels, batch = L.two_view_batch(np.zeros((3, 2), "float32"), np.ones((3, 2), "float32"), labels=[7, 7, 2])
     assert to_np(labels).tolist() == [7, 7, 2, 7, 7, 2]
     assert to_np(batch)[3:].tolist() == np.ones((3, 2)).tolist()
 

@@ -128,9 +128,9 @@ class SupConLoss(MetricLoss):
     >>> from keras_featreg.losses import SupConLoss
     >>> y_true = np.array([0, 0, 1])
     >>> y_pred = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
-    >>> # anchors 0 and 1: Z_p = 10, Z_n = 0 -> log(1 + e^-10); anchor 2: no positive
-    >>> loss = SupConLoss(temperature=0.1)(y_true, y_pred)
-    >>> bool(np.isclose(float(loss), np.log1p(np.exp(-10.0)), rtol=1e-4))
+    >>> # anchors 0 and 1: Z_p = 1 / t = 2, Z_n = 0 -> log(1 + e^-2); anchor 2: no positive
+    >>> loss = SupConLoss(temperature=0.5)(y_true, y_pred)
+    >>> bool(np.isclose(float(loss), np.log1p(np.exp(-2.0)), rtol=1e-5))
     True
     """
 
