@@ -388,7 +388,8 @@ def test_config_roundtrip(loss):
     (lambda: L.LiftedStructureLoss(neg_margin=None), "Received: neg_margin=None"),
     (lambda: L.NTXentLoss(miner="hard"), "Received: miner='hard'"),
     (lambda: L.SupConLoss(reduction="sum"), "Received: reduction='sum'"),
-    (lambda: L.two_view_batch(np.ones((3, 2), "float32"), np.ones((4, 2), "float32")), "Received: z_a.shape"),
+    (lambda: L.two_view_batch(np.ones((3, 2), "float32"), np.ones((4, 2), "float32")),
+     "Received: z_a.shape"),
 ])
 def test_bad_arguments_raise_value_error(factory, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
@@ -415,7 +416,8 @@ def test_pure_functions_equal_classes():
 
 
 def test_two_view_batch_labels():
-    labels, batch = L.two_view_batch(np.zeros((3, 2), "float32"), np.ones((3, 2), "float32"), labels=[7, 7, 2])
+    z_a, z_b = np.zeros((3, 2), "float32"), np.ones((3, 2), "float32")
+    labels, batch = L.two_view_batch(z_a, z_b, labels=[7, 7, 2])
     assert to_np(labels).tolist() == [7, 7, 2, 7, 7, 2]
     assert to_np(batch)[3:].tolist() == np.ones((3, 2)).tolist()
 
@@ -438,7 +440,8 @@ def test_losses_of_normalized_batches_lie_within_bounds(loss):
 
 
 def test_bounds_formulas():
-    assert L.NTXentLoss(temperature=0.5).bounds(4) == pytest.approx((0.0, math.log1p(2 * math.exp(4.0))))
+    assert L.NTXentLoss(temperature=0.5).bounds(4) == pytest.approx(
+        (0.0, math.log1p(2 * math.exp(4.0))))
     assert L.SupConLoss(temperature=0.5).bounds(4) == pytest.approx((0.0, math.log(3) + 4.0))
     assert L.LiftedStructureLoss().bounds(4) == pytest.approx((0.0, (math.log(4) + 3.0) ** 2 / 2))
     assert L.MultiSimilarityLoss(distance=_Unbounded()).bounds(4) is None
@@ -492,3 +495,16 @@ def test_model_fit_two_steps(config, jit_compile):
     history = model.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0)
     losses = history.history["loss"]
     assert np.all(np.isfinite(losses)) and losses[-1] <= losses[0] + 1e-6, losses
+
+
+@pytest.mark.parametrize("config", ["multi_similarity", "supcon", "ntxent", "lifted",
+                                    "generalized_lifted"])
+def test_batch_as_its_own_references_equals_the_batch_loss(config):
+    """The reference path (a cross-batch memory holding the batch) gives the same loss."""
+    loss = ALL_LOSSES[config]()
+    labels, x = _random_batch(6, b=10)
+    same = np.eye(10, dtype=bool)
+    via_refs = loss.compute(keras.ops.convert_to_tensor(labels), keras.ops.convert_to_tensor(x),
+                            keras.ops.convert_to_tensor(labels), keras.ops.convert_to_tensor(x),
+                            same_sample=keras.ops.convert_to_tensor(same))
+    assert float(to_np(via_refs)) == pytest.approx(float(to_np(loss(labels, x))), rel=1e-5)

@@ -60,7 +60,8 @@ def two_view_batch(z_a, z_b, labels=None):
         labels = ops.arange(ops.shape(z_a)[0], dtype="int32")
     else:
         labels = mining_lib.labels_vector(labels, name="labels")
-        if labels.shape[0] is not None and z_a.shape[0] is not None and labels.shape[0] != z_a.shape[0]:
+        n_labels, n_rows = labels.shape[0], z_a.shape[0]
+        if n_labels is not None and n_rows is not None and n_labels != n_rows:
             raise ValueError(
                 "`labels` must have one entry per row of `z_a`. "
                 f"Received: labels.shape={tuple(labels.shape)}, z_a.shape={tuple(z_a.shape)}"

@@ -3,7 +3,6 @@
 import math
 
 import keras
-from keras import ops
 
 from keras_featreg import _utils
 from keras_featreg import mining as mining_lib
