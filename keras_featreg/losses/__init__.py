@@ -17,6 +17,9 @@ Families (one private module each):
 * ``_barlow``: :class:`BarlowTwinsLoss` (two views).
 * ``_xbm``: :class:`CrossBatchMemory` (a pair/triplet loss against a memory of past
   batches) and its :class:`EmbeddingMemory` layer.
+* ``_multi_similarity``: :class:`MultiSimilarityLoss`.
+* ``_contrastive_ssl``: :class:`SupConLoss`, :class:`NTXentLoss`, :func:`two_view_batch`.
+* ``_lifted``: :class:`LiftedStructureLoss`, :class:`GeneralizedLiftedStructureLoss`.
 
 :func:`get` resolves a loss from its name (``"triplet"``, ``"TripletLoss"``, ...), a
 serialized config or an instance.
@@ -48,8 +51,28 @@ from keras_featreg.losses._barlow import (  # noqa: F401
 )
 from keras_featreg.losses._xbm import CrossBatchMemory, EmbeddingMemory  # noqa: F401
 
+from keras_featreg.losses._multi_similarity import (  # noqa: F401
+    MultiSimilarityLoss,
+    multi_similarity_loss,
+)
+from keras_featreg.losses._contrastive_ssl import (  # noqa: F401
+    NTXentLoss,
+    SupConLoss,
+    ntxent_loss,
+    supcon_loss,
+    two_view_batch,
+)
+from keras_featreg.losses._lifted import (  # noqa: F401
+    GeneralizedLiftedStructureLoss,
+    LiftedStructureLoss,
+    generalized_lifted_structure_loss,
+    lifted_structure_loss,
+)
+
 _CLASSES = [TripletLoss, ContrastiveLoss, NPairLoss, AngularLoss, VICRegLoss]
 _CLASSES += [BarlowTwinsLoss, CrossBatchMemory]
+_CLASSES += [MultiSimilarityLoss, SupConLoss, NTXentLoss, LiftedStructureLoss,
+             GeneralizedLiftedStructureLoss]
 
 
 def _snake(name):
@@ -67,6 +90,7 @@ def _aliases():
         snake = _snake(cls.__name__)  # "triplet_loss"
         for alias in (cls.__name__, snake, snake[: -len("_loss")] if snake.endswith("_loss") else snake):
             table[alias] = cls
+    table.update({"supcon": SupConLoss, "supcon_loss": SupConLoss})  # PML's spelling
     return table
 
 
