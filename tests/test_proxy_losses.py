@@ -30,6 +30,20 @@ CLASSES = {
 TOL = 1e-5
 
 
+@pytest.fixture
+def float64():
+    """float64 computations: JAX needs ``jax_enable_x64``; Keras's torch backend has none."""
+    if keras.backend.backend() == "torch":
+        pytest.skip("Keras's torch backend computes float64 in float32")
+    if keras.backend.backend() == "jax":
+        import jax
+
+        with jax.enable_x64(True):
+            yield
+    else:
+        yield
+
+
 def _fixture():
     data = np.load(FIXTURES)
     manifest = json.loads(str(data["manifest"]))
@@ -98,12 +112,12 @@ def test_pml_parity_through_the_loss_class(case):
     np.testing.assert_allclose(value, DATA[name + "/value"], rtol=0, atol=TOL)
 
 
-def test_arcface_row_equal_to_class_weight_documented_difference():
+def test_arcface_row_equal_to_class_weight_documented_difference(float64):
     """PML's d acos / dc is infinite at c = 1 (NaN gradients); ours is finite everywhere.
 
-    float64: value and every finite PML gradient entry equal to 1e-10. float32: the
-    cosines of a row equal to its weight round to 1 - O(u), where sqrt(1 - c^2) moves by
-    O(sqrt(u)): value and gradients within 5e-4.
+    The cosine of a row equal to its weight rounds to 1 - O(u), where sqrt(1 - c^2) moves
+    by O(sqrt(u)) (times scale sin m): float64 value and every finite PML gradient entry
+    within 1e-7 (measured 1e-13 on TF, 2e-9 on JAX), float32 within 5e-4 (1.3e-4).
     """
     case = DIFFERS[0]
     name = case["name"]
@@ -111,7 +125,7 @@ def test_arcface_row_equal_to_class_weight_documented_difference():
     assert not np.isfinite(expected_grad).all() and not np.isfinite(expected_gp).all()
     args = (losses.arcface_loss_from_embeddings, DATA[name + "/labels"],
             DATA[name + "/embeddings"], DATA[name + "/proxies"])
-    for dtype, tol in (("float64", 1e-10), ("float32", 5e-4)):
+    for dtype, tol in (("float64", 1e-7), ("float32", 5e-4)):
         value, grad, grad_proxies = _value_and_grads(*args, dtype=dtype, **_kwargs(case))
         assert np.isfinite(grad).all() and np.isfinite(grad_proxies).all()
         np.testing.assert_allclose(value, DATA[name + "/value"], rtol=0, atol=tol)
@@ -177,7 +191,7 @@ REFS = {
 
 @pytest.mark.parametrize("cls_name", sorted(CLASSES))
 @pytest.mark.parametrize("seed", [0, 1])
-def test_numpy_float64_reference(cls_name, seed):
+def test_numpy_float64_reference(cls_name, seed, float64):
     rng = np.random.default_rng(seed)
     b, C, d = 12, 7, 5
     labels = rng.integers(0, C, b)
@@ -195,7 +209,7 @@ def test_numpy_float64_reference(cls_name, seed):
     np.testing.assert_allclose(value32, expected, rtol=1e-5)
 
 
-def test_arcface_fallback_branch_matches_reference():
+def test_arcface_fallback_branch_matches_reference(float64):
     """Rows near -W_y take ``c - m sin m``; both branches against the reference."""
     rng = np.random.default_rng(3)
     p = rng.normal(size=(4, 6))
@@ -224,7 +238,7 @@ def test_jit_equals_eager(cls_name):
 
 
 @pytest.mark.parametrize("cls_name", sorted(CLASSES))
-def test_half_precision_computes_in_float32_and_float64_stays(cls_name):
+def test_half_precision_computes_in_float32_and_float64_stays(cls_name, float64):
     cls = CLASSES[cls_name][0]
     loss = cls(num_classes=3, embedding_size=2)
     cos = np.array([[0.9, 0.1, -0.2], [0.0, 0.5, 0.3]])
@@ -247,7 +261,7 @@ DEGENERATE = {
 
 @pytest.mark.parametrize("cls_name", sorted(CLASSES))
 @pytest.mark.parametrize("kind", sorted(DEGENERATE))
-def test_degenerate_batches_are_finite(cls_name, kind):
+def test_degenerate_batches_are_finite(cls_name, kind, float64):
     rng = np.random.default_rng(0)
     p = rng.normal(size=(3, 4))
     labels, e = DEGENERATE[kind]
@@ -355,7 +369,7 @@ def test_bounds():
         p[0] = -1.0 * p[0]
         labels = np.zeros(16, int)
         worst = float(to_np(fn(labels, np.tile([[1.0, 0.0, 0.0]], (16, 1)), p, margin=0.2)))
-        assert worst <= upper
+        assert worst <= upper * (1 + 1e-6)  # float32; ProxyAnchor's bound is attained here
     assert losses.CosFaceLoss(1).bounds(4) == (0.0, 0.0)
 
 

@@ -132,7 +132,8 @@ def embedding_model(model):
         raise ValueError(
             "`model` must contain exactly one ProxyHead layer (the loss's `head()`). "
             f"Received: model with {len(heads)} ProxyHead layers")
-    return keras.Model(model.inputs, heads[0].input)
+    inputs = model.inputs[0] if len(model.inputs) == 1 else model.input
+    return keras.Model(inputs, heads[0].input)
 
 
 # ------------------------------------------------------------------------ shared helpers
