@@ -74,7 +74,7 @@ class ProxyHead(keras.layers.Layer):
     >>> import numpy as np
     >>> from keras_featreg.layers import ProxyHead
     >>> head = ProxyHead(3, initializer="ones")
-    >>> head(np.array([[1.0, 0.0], [0.0, 0.0]])).shape  # a zero row has cosine 0
+    >>> tuple(head(np.array([[1.0, 0.0], [0.0, 0.0]])).shape)  # a zero row: cosine 0
     (2, 3)
     >>> tuple(head.proxies.shape)
     (3, 2)
@@ -340,16 +340,6 @@ class _ProxyLoss(BatchLoss):
         return config
 
 
-_HEAD_DOC = """
-    Train with the head, retrieve with the embedding::
-
-        loss = {cls}(num_classes=100, embedding_size=64)
-        embedding = keras.layers.Dense(64)(inputs)
-        model = keras.Model(inputs, loss.head()(embedding))
-        model.compile(optimizer="adam", loss=loss)
-        model.fit(x, y)  # y: integer labels in [0, num_classes)
-        retrieval = keras_featreg.layers.embedding_model(model)  # inputs -> embedding
-"""
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -359,7 +349,16 @@ class ProxyAnchorLoss(_ProxyLoss):
     ``y_true``: integer labels ``(b,)`` in ``[0, num_classes)``; ``y_pred``: the
     ``(b, num_classes)`` cosines of :meth:`head` (a :class:`ProxyHead`, which owns the
     trainable proxies). See :func:`proxy_anchor_loss` for the formula.
-""" + _HEAD_DOC.format(cls="ProxyAnchorLoss") + """
+
+    Train with the head, retrieve with the embedding::
+
+        loss = ProxyAnchorLoss(num_classes=100, embedding_size=64)
+        embedding = keras.layers.Dense(64)(inputs)
+        model = keras.Model(inputs, loss.head()(embedding))
+        model.compile(optimizer="adam", loss=loss)
+        model.fit(x, y)  # y: integer labels in [0, num_classes)
+        retrieval = keras_featreg.layers.embedding_model(model)  # inputs -> embedding
+
     Args:
         num_classes: int >= 1.
         embedding_size: int >= 1, or None (the head infers it from its input).
@@ -376,7 +375,7 @@ class ProxyAnchorLoss(_ProxyLoss):
     >>> loss = ProxyAnchorLoss(num_classes=2, embedding_size=2, margin=0.0, alpha=1.0)
     >>> cosines = np.array([[1.0, 0.0], [0.0, 1.0]])  # each row on its proxy
     >>> round(float(loss(np.array([0, 1]), cosines)), 6)  # log(1 + e^-1) + log 2
-    1.006393
+    1.006409
     >>> loss.head().num_classes
     2
     """
@@ -454,7 +453,16 @@ class ArcFaceLoss(_MarginSoftmaxLoss):
     trainable class weights). See :func:`arcface_loss` for the formula; the margin is in
     degrees (PML's convention; 28.6 degrees = 0.5 rad). Unlike PML, the gradient is
     finite where an embedding equals its class weight.
-""" + _HEAD_DOC.format(cls="ArcFaceLoss") + """
+
+    Train with the head, retrieve with the embedding::
+
+        loss = ArcFaceLoss(num_classes=100, embedding_size=64)
+        embedding = keras.layers.Dense(64)(inputs)
+        model = keras.Model(inputs, loss.head()(embedding))
+        model.compile(optimizer="adam", loss=loss)
+        model.fit(x, y)  # y: integer labels in [0, num_classes)
+        retrieval = keras_featreg.layers.embedding_model(model)  # inputs -> embedding
+
     Args:
         num_classes: int >= 1.
         embedding_size: int >= 1, or None (the head infers it from its input).
@@ -493,7 +501,16 @@ class CosFaceLoss(_MarginSoftmaxLoss):
     ``y_true``: integer labels ``(b,)`` in ``[0, num_classes)``; ``y_pred``: the
     ``(b, num_classes)`` cosines of :meth:`head` (a :class:`ProxyHead`, which owns the
     trainable class weights). See :func:`cosface_loss` for the formula.
-""" + _HEAD_DOC.format(cls="CosFaceLoss") + """
+
+    Train with the head, retrieve with the embedding::
+
+        loss = CosFaceLoss(num_classes=100, embedding_size=64)
+        embedding = keras.layers.Dense(64)(inputs)
+        model = keras.Model(inputs, loss.head()(embedding))
+        model.compile(optimizer="adam", loss=loss)
+        model.fit(x, y)  # y: integer labels in [0, num_classes)
+        retrieval = keras_featreg.layers.embedding_model(model)  # inputs -> embedding
+
     Args:
         num_classes: int >= 1.
         embedding_size: int >= 1, or None (the head infers it from its input).
