@@ -369,7 +369,7 @@ def test_bounds():
         p[0] = -1.0 * p[0]
         labels = np.zeros(16, int)
         worst = float(to_np(fn(labels, np.tile([[1.0, 0.0, 0.0]], (16, 1)), p, margin=0.2)))
-        assert worst <= upper * (1 + 1e-6)  # float32; ProxyAnchor's bound is attained here
+        assert worst <= upper * (1 + 1e-6)  # float32; CosFace's bound is attained here
     assert losses.CosFaceLoss(1).bounds(4) == (0.0, 0.0)
 
 
