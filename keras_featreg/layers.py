@@ -2,6 +2,7 @@
 
 import keras
 
+from keras_featreg.losses._proxy import ProxyHead, embedding_model  # noqa: F401
 from keras_featreg.regularizers import FeatureRegularizer
 
 _PACKAGE = "keras_featreg"

@@ -20,6 +20,8 @@ Families (one private module each):
 * ``_multi_similarity``: :class:`MultiSimilarityLoss`.
 * ``_contrastive_ssl``: :class:`SupConLoss`, :class:`NTXentLoss`, :func:`two_view_batch`.
 * ``_lifted``: :class:`LiftedStructureLoss`, :class:`GeneralizedLiftedStructureLoss`.
+* ``_proxy``: :class:`ProxyAnchorLoss`, :class:`ArcFaceLoss`, :class:`CosFaceLoss` (class
+  weights owned by a :class:`ProxyHead` layer; ``y_pred`` = the head's cosines).
 
 :func:`get` resolves a loss from its name (``"triplet"``, ``"TripletLoss"``, ...), a
 serialized config or an instance.
@@ -41,6 +43,19 @@ from keras_featreg.losses._npair import (  # noqa: F401
     angular_loss_bounds,
     npair_loss,
     npair_loss_bounds,
+)
+from keras_featreg.losses._proxy import (  # noqa: F401
+    ArcFaceLoss,
+    CosFaceLoss,
+    ProxyAnchorLoss,
+    ProxyHead,
+    arcface_loss,
+    arcface_loss_from_embeddings,
+    cosface_loss,
+    cosface_loss_from_embeddings,
+    embedding_model,
+    proxy_anchor_loss,
+    proxy_anchor_loss_from_embeddings,
 )
 from keras_featreg.losses._triplet import TripletLoss, triplet_loss, triplet_loss_bounds  # noqa: F401
 from keras_featreg.losses._vicreg import VICRegLoss, vicreg_loss, vicreg_terms  # noqa: F401
@@ -73,6 +88,9 @@ _CLASSES = [TripletLoss, ContrastiveLoss, NPairLoss, AngularLoss, VICRegLoss]
 _CLASSES += [BarlowTwinsLoss, CrossBatchMemory]
 _CLASSES += [MultiSimilarityLoss, SupConLoss, NTXentLoss, LiftedStructureLoss,
              GeneralizedLiftedStructureLoss]
+_CLASSES += [ProxyAnchorLoss, ArcFaceLoss, CosFaceLoss]
+_EXTRA_ALIASES = {"arcface": ArcFaceLoss, "arcface_loss": ArcFaceLoss,
+                  "cosface": CosFaceLoss, "cosface_loss": CosFaceLoss}
 
 
 def _snake(name):
@@ -91,6 +109,7 @@ def _aliases():
         for alias in (cls.__name__, snake, snake[: -len("_loss")] if snake.endswith("_loss") else snake):
             table[alias] = cls
     table.update({"supcon": SupConLoss, "supcon_loss": SupConLoss})  # PML's spelling
+    table.update(_EXTRA_ALIASES)
     return table
 
 
