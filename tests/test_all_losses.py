@@ -46,7 +46,8 @@ FACTORIES = {
 
 
 def test_every_loss_is_covered():
-    assert sorted(cls.__name__ for cls in losses._CLASSES) == sorted(FACTORIES)
+    ours = [cls for cls in losses._CLASSES if cls.__module__.startswith("keras_featreg.")]
+    assert sorted(cls.__name__ for cls in ours) == sorted(FACTORIES)  # (not user-registered ones)
 
 
 def _model(kind, loss):
