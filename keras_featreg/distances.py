@@ -35,6 +35,7 @@ Example:
 import keras
 from keras import ops
 
+from keras_featreg import _parts
 from keras_featreg.ops import distances as _ops
 
 _PACKAGE = "keras_featreg"
@@ -52,7 +53,7 @@ __all__ = [
 ]
 
 
-class Distance:
+class Distance(_parts.Part):
     """Base class: ``distance(x, y=None) -> (n, m)`` matrix.
 
     Subclasses implement :meth:`pairwise` in ``keras.ops`` and set the class attributes:
@@ -86,22 +87,6 @@ class Distance:
         """Elementwise: is value `a` closer than value `b`?"""
         return ops.greater(a, b) if self.is_inverted else ops.less(a, b)
 
-    def get_config(self):
-        return {}
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
-
-    def __eq__(self, other):
-        return type(self) is type(other) and self.get_config() == other.get_config()
-
-    def __hash__(self):
-        return hash((type(self), tuple(sorted(self.get_config().items()))))
-
-    def __repr__(self):
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
-        return f"{type(self).__name__}({args})"
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -198,26 +183,14 @@ def get(identifier, arg="distance"):
         identifier: one of ``"euclidean"``, ``"squared_euclidean"``, ``"cosine"``,
             ``"cosine_similarity"``, ``"dot_product"``; a :class:`Distance`; a dict from
             :func:`serialize`; or None (returns None).
+        arg: the argument name used in the error message.
 
     Raises:
         ValueError: for anything else, naming the accepted values.
     """
-    if identifier is None or isinstance(identifier, Distance):
-        return identifier
-    if isinstance(identifier, str) and identifier in _BY_NAME:
-        return _BY_NAME[identifier]()
-    if isinstance(identifier, dict):
-        obj = deserialize(identifier)
-        if isinstance(obj, Distance):
-            return obj
-    raise ValueError(
-        f"`{arg}` must be one of {sorted(_BY_NAME)} or a keras_featreg.distances.Distance. "
-        f"Received: {arg}={identifier!r}"
-    )
+    return _parts.lookup(identifier, Distance, _BY_NAME, arg)
 
 
 def name_of(distance):
-    """The string name of a built-in part with its default arguments (for configs), else the object."""
-    if type(distance) in _BY_NAME.values() and distance == type(distance)():
-        return distance.name
-    return distance
+    """The name of a built-in distance with default arguments (for configs), else the object."""
+    return _parts.name_of(distance, _BY_NAME)

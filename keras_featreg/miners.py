@@ -34,7 +34,7 @@ import numbers
 import keras
 from keras import ops
 
-from keras_featreg import _utils
+from keras_featreg import _parts, _utils
 from keras_featreg import distances as distances_lib
 from keras_featreg import mining as _mining
 from keras_featreg.mining import MinedTriplets
@@ -81,7 +81,7 @@ def reference_masks(labels, ref_labels=None, same_sample=None):
     return positive, ops.logical_not(same)
 
 
-class Miner:
+class Miner(_parts.Part):
     """Base class of the miners.
 
     ``miner(matrix, labels, ref_labels=None, masks=None, distance=None)``:
@@ -111,22 +111,6 @@ class Miner:
     def mine(self, matrix, labels, ref_labels, positive, negative, distance):
         raise NotImplementedError
 
-    def get_config(self):
-        return {}
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
-
-    def __eq__(self, other):
-        return type(self) is type(other) and self.get_config() == other.get_config()
-
-    def __hash__(self):
-        return hash(type(self))
-
-    def __repr__(self):
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
-        return f"{type(self).__name__}({args})"
 
 
 # ------------------------------------------------------------------------ triplet miners
@@ -388,26 +372,16 @@ def get(identifier, arg="miner"):
     MinedTriplets`` is wrapped (it is given the matrix in "smaller is closer"
     orientation).
     """
-    if identifier is None or isinstance(identifier, Miner):
-        return identifier
-    if isinstance(identifier, str) and identifier in _BY_NAME:
-        return _BY_NAME[identifier]()
-    if isinstance(identifier, dict):
-        obj = keras.saving.deserialize_keras_object(identifier)
-        if isinstance(obj, Miner):
-            return obj
-    if callable(identifier) and not isinstance(identifier, (str, dict, type)):
+    if callable(identifier) and not isinstance(identifier, (str, dict, type, Miner)):
         if identifier in _FUNCTIONS:
             return _FUNCTIONS[identifier]()
         return _CallableMiner(identifier)
-    raise ValueError(
-        f"`{arg}` must be one of {sorted(_BY_NAME)}, a keras_featreg.miners.Miner or a "
-        f"callable. Received: {arg}={identifier!r}"
-    )
+    try:
+        return _parts.lookup(identifier, Miner, _BY_NAME, arg)
+    except ValueError as error:
+        raise ValueError(str(error).replace(" Received:", " or a callable. Received:")) from None
 
 
 def name_of(miner):
-    """The string name of a built-in part with its default arguments (for configs), else the object."""
-    if type(miner) in _BY_NAME.values() and miner == type(miner)():
-        return miner.name
-    return miner
+    """The name of a built-in miner with default arguments (for configs), else the object."""
+    return _parts.name_of(miner, _BY_NAME)

@@ -32,6 +32,8 @@ Example:
 import keras
 from keras import ops
 
+from keras_featreg import _parts
+
 _PACKAGE = "keras_featreg"
 
 __all__ = ["AvgNonZeroReducer", "MeanReducer", "PerAnchorMeanReducer", "Reducer", "SumReducer",
@@ -46,7 +48,7 @@ def _weights(losses, mask):
     return losses, weights
 
 
-class Reducer:
+class Reducer(_parts.Part):
     """Base class: ``reducer(losses, mask=None) -> scalar``.
 
     `losses` has any shape whose first axis is the anchor (batch row); `mask` is a
@@ -70,21 +72,6 @@ class Reducer:
             "their sum and counts. Use reducer='mean', 'mean_nonzero' or 'sum'."
         )
 
-    def get_config(self):
-        return {}
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
-
-    def __eq__(self, other):
-        return type(self) is type(other) and self.get_config() == other.get_config()
-
-    def __hash__(self):
-        return hash(type(self))
-
-    def __repr__(self):
-        return f"{type(self).__name__}()"
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -159,22 +146,9 @@ NAMES = tuple(_BY_NAME)
 def get(identifier, arg="reducer"):
     """A :class:`Reducer` from a name (``"mean"``, ``"mean_nonzero"``, ``"sum"``,
     ``"per_anchor_mean"``), an instance, a serialized config or None (returns None)."""
-    if identifier is None or isinstance(identifier, Reducer):
-        return identifier
-    if isinstance(identifier, str) and identifier in _BY_NAME:
-        return _BY_NAME[identifier]()
-    if isinstance(identifier, dict):
-        obj = keras.saving.deserialize_keras_object(identifier)
-        if isinstance(obj, Reducer):
-            return obj
-    raise ValueError(
-        f"`{arg}` must be one of {sorted(_BY_NAME)} or a keras_featreg.reducers.Reducer. "
-        f"Received: {arg}={identifier!r}"
-    )
+    return _parts.lookup(identifier, Reducer, _BY_NAME, arg)
 
 
 def name_of(reducer):
-    """The string name of a built-in part with its default arguments (for configs), else the object."""
-    if type(reducer) in _BY_NAME.values() and reducer == type(reducer)():
-        return reducer.name
-    return reducer
+    """The name of a built-in reducer (for configs), else the object."""
+    return _parts.name_of(reducer, _BY_NAME)
