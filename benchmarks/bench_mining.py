@@ -8,6 +8,8 @@
     used before (``mining._batch_semi_hard_cubic``, ``mining.batch_all`` through the
     ``MinedTriplets`` path), timed up to b = 480 (at 1800 a ``(b, b, b)`` float32 tensor is
     23 GB). The soft batch-all keeps O(b^3) time (no sorted form): timed up to b = 480.
+    "PML" rows: pytorch-metric-learning's semi-hard miner and all-triplets loss on torch CPU
+    (same embeddings, same run, up to b = 480) when torch and PML are installed.
 (b) peak extra memory of one forward+backward (tracing and compilation included), each
     case in a fresh subprocess: the peak of the resident set size (``/proc/self/statm``,
     sampled every 0.2 ms by a thread; TensorFlow's kernels release the GIL) minus its value
@@ -84,6 +86,38 @@ def inputs(b, d=128, seed=0):
     return tf.constant(np.repeat(np.arange(b // 4 + 1), 4)[:b]), tf.constant(x)
 
 
+def pml_steps(b):
+    """PML 2.9 on torch CPU, same embeddings: {"PML semi-hard": step, "PML all": step}, or {}
+    when torch / pytorch-metric-learning is not installed. PML's semi-hard is
+    ``TripletMarginMiner("semihard")`` (every triplet with 0 < d_an - d_ap <= m, not FaceNet's
+    one negative per pair) and its "all" ``TripletMarginLoss`` without a miner; both build
+    (b, b, b) tensors, so they are timed up to b = 480."""
+    if b > 480:
+        return {}
+    try:
+        import torch
+        from pytorch_metric_learning import losses as pml_losses
+        from pytorch_metric_learning import miners as pml_miners
+    except ImportError:
+        return {}
+    torch.set_num_threads(2)
+    labels, x = inputs(b)
+    y = torch.tensor(labels.numpy())
+    e = torch.tensor(x.numpy(), requires_grad=True)
+    loss = pml_losses.TripletMarginLoss(margin=0.2)
+    miner = pml_miners.TripletMarginMiner(margin=0.2, type_of_triplets="semihard")
+
+    def step(mined):
+        def run():
+            e.grad = None
+            value = loss(e, y, miner(e, y)) if mined else loss(e, y)
+            value.backward()
+            return value.item()
+        return run
+
+    return {"PML semi-hard": step(True), "PML all": step(False)}
+
+
 def runs_at(case, b, jit, soft_1800):
     if b > 480 and case.endswith("old"):
         return False
@@ -98,17 +132,21 @@ def speed(batches, rounds, soft_1800, rows, failures):
         for jit in (False, True):
             tag = "XLA" if jit else "no XLA"
             cases = [c for c in CASES if runs_at(c, b, jit, soft_1800)]
-            steps = {c: _timing.fwd_bwd(loss_fn(c, labels), jit) for c in cases}
+            compiled = {c: _timing.fwd_bwd(loss_fn(c, labels), jit) for c in cases}
+            steps = {c: (lambda f=compiled[c]: [t.numpy() for t in f(x)]) for c in cases}
+            if not jit:  # PML has no XLA form: timed once per b, in the no-XLA rounds
+                steps.update(pml_steps(b))
+                cases = list(steps)
             times = {c: [] for c in cases}
             for c in cases:  # compile and warm up
-                [t.numpy() for t in steps[c](x)]
+                steps[c]()
             slow = {c for c in cases if c.endswith("old") or c == "all soft"}
             for r in range(rounds):
                 for c in cases:
                     if c in slow and r >= 2:
                         continue
                     t0 = time.perf_counter()
-                    [t.numpy() for t in steps[c](x)]
+                    steps[c]()
                     times[c].append(time.perf_counter() - t0)
             base = statistics.median(times["contrastive"])
             for c in cases:

@@ -82,3 +82,18 @@ def test_loss_benchmark_times_every_loss_on_a_tiny_batch():
     assert len(rows) == len(bench_losses.SPECS)
     timed = [r for r in rows if r[3] != "not in this version"]
     assert len(timed) >= 6 and all(float(r[3]) > 0 and float(r[4]) > 0 for r in timed)
+
+
+@pytest.mark.tensorflow_only
+def test_mining_benchmark_speed_section_on_a_tiny_batch():
+    """Our cases compiled with and without XLA; PML's rows when torch and PML are installed."""
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import bench_mining
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    rows, failures = [], []
+    bench_mining.speed([16], 1, False, rows, failures)
+    cases = {(r[1], r[2]) for r in rows}
+    assert ("no XLA", "semi-hard") in cases and ("XLA", "all") in cases
+    assert failures == [] and all(float(r[3]) > 0 for r in rows)
