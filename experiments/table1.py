@@ -27,6 +27,7 @@ Examples::
 
     python experiments/table1.py                                  # digits, a few minutes
     python experiments/table1.py --dataset fashion_mnist --seeds 0 1 2
+    python experiments/table1.py --dataset glyphs    # 200 / 200 CJK characters, Debian fonts
     python experiments/table1.py --losses contrastive --regularizers none svmax \\
         --batch-sizes 72 144 --lrs 0.01
     python experiments/table1.py --dataset cars196 --backbone resnet50 --image-size 224
@@ -52,7 +53,7 @@ PAPER_LAMBDA = {"contrastive": 1.0, "triplet": 0.1, "npair": 1.0, "angular": 2.0
 LOSSES = tuple(PAPER_BATCH)
 REGULARIZERS = ("none", "spreadout", "svmax", "vicreg")
 TFDS_DATASETS = ("cars196", "caltech_birds2011", "stanford_online_products")  # the [tfds] extra
-DATASETS = ("digits", "fashion_mnist", *TFDS_DATASETS)
+DATASETS = ("digits", "fashion_mnist", "glyphs", *TFDS_DATASETS)
 BACKBONES = {
     # name: (constructor, preprocess_input) -- both looked up lazily in keras.applications
     "mobilenet_v2": ("MobileNetV2", "mobilenet_v2"),
@@ -64,6 +65,7 @@ BACKBONES = {
 DATASET_DEFAULTS = {
     "digits": {"iterations": 300, "test_samples": None, "image_size": 32},
     "fashion_mnist": {"iterations": 600, "test_samples": 5000, "image_size": 32},
+    "glyphs": {"iterations": 1000, "test_samples": None, "image_size": 32},
     "cars196": {"iterations": 5000, "test_samples": None, "image_size": 224},
     "caltech_birds2011": {"iterations": 5000, "test_samples": None, "image_size": 224},
     "stanford_online_products": {"iterations": 20000, "test_samples": None, "image_size": 224},
@@ -77,9 +79,15 @@ def parse_args(argv=None):
         epilog="\n\n".join(__doc__.split("\n\n")[1:]))
     parser.add_argument("--dataset", choices=DATASETS, default="digits",
                         help="digits: scikit-learn's 8x8 digits, classes 0-4 train / 5-9 test; "
-                             "fashion_mnist: Debian's IDX files, classes 0-4 / 5-9; the tfds "
+                             "fashion_mnist: Debian's IDX files, classes 0-4 / 5-9; glyphs: "
+                             "CJK characters in Debian's CJK fonts (keras_featreg.data."
+                             "load_glyphs_split), --glyph-classes / 2 train, the rest test; "
+                             "the tfds "
                              "datasets need a network and tensorflow-datasets (the [tfds] extra) "
                              "(default: %(default)s)")
+    parser.add_argument("--glyph-classes", type=int, default=None,
+                        help="--dataset glyphs: number of characters, half of them training "
+                             "classes (default: 400; --quick: 40)")
     parser.add_argument("--losses", nargs="+", choices=LOSSES, default=None,
                         help="ranking losses (default: all four; --quick: contrastive npair)")
     parser.add_argument("--regularizers", nargs="+", choices=REGULARIZERS, default=None,
@@ -91,6 +99,7 @@ def parse_args(argv=None):
     parser.add_argument("--iterations", type=int, default=None,
                         help="K training iterations per run (lr fixed for K/2, then decayed "
                              "to 1e-7); default per dataset: digits 300, fashion_mnist 600, "
+                             "glyphs 1000, "
                              "CUB/CARS 5000, SOP 20000 (the paper's)")
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[144],
                         help="target batch sizes b (the paper: 144); p x l per loss, see "
@@ -150,6 +159,10 @@ def parse_args(argv=None):
         args.regularizers = args.regularizers or ["none", "svmax"]
         args.lrs = args.lrs or [0.01]
         args.losses = args.losses or ["contrastive", "npair"]
+        args.glyph_classes = args.glyph_classes or 40
+    args.glyph_classes = args.glyph_classes or 400
+    if args.glyph_classes < 2:
+        parser.error(f"--glyph-classes must be >= 2, got {args.glyph_classes}")
     args.iterations = args.iterations or defaults["iterations"]
     args.losses = args.losses or list(LOSSES)
     args.regularizers = args.regularizers or ["none", "spreadout", "svmax"]
@@ -379,6 +392,10 @@ def load_data(args):
         (x_tr, y_tr), (x_te, y_te) = data_lib.load_digits_split()
     elif args.dataset == "fashion_mnist":
         (x_tr, y_tr), (x_te, y_te) = data_lib.load_fashion_mnist_split()
+    elif args.dataset == "glyphs":
+        (x_tr, y_tr), (x_te, y_te) = data_lib.load_glyphs_split(
+            num_classes=args.glyph_classes, train_classes=args.glyph_classes // 2,
+            image_size=args.image_size)
     else:
         (x_tr, y_tr), (x_te, y_te) = data_lib.load_tfds_split(
             args.dataset, image_size=(args.image_size, args.image_size))

@@ -111,6 +111,34 @@ def test_table1_quick(tmp_path):
     assert len(_read_csv(tmp_path / "merged" / "digits_table.csv")) == 4
 
 
+def test_table1_glyphs_quick(tmp_path):
+    """--dataset glyphs (CJK characters in Debian's fonts; skipped without them), its cache
+    under a temporary XDG_CACHE_HOME."""
+    fonts = [p for p in ("/usr/share/fonts/truetype/arphic/ukai.ttc",
+                         "/usr/share/fonts/truetype/arphic/uming.ttc",
+                         "/usr/share/fonts/opentype/ipafont-gothic/ipag.ttf",
+                         "/usr/share/fonts/truetype/wqy/wqy-microhei.ttc",
+                         "/usr/share/fonts/opentype/ipafont-mincho/ipam.ttf",
+                         "/usr/share/fonts/truetype/vlgothic/VL-Gothic-Regular.ttf",
+                         "/usr/share/fonts/truetype/seto/setofont.ttf",
+                         "/usr/share/fonts/truetype/komatuna/komatuna.ttf") if Path(p).is_file()]
+    if len(fonts) < 8:
+        pytest.skip("needs Debian's CJK fonts (apt-get install fonts-arphic-ukai "
+                    "fonts-arphic-uming ...: keras_featreg.data.GLYPH_FONT_PACKAGES; .ci/run "
+                    "installs them)")
+    env = dict(script_env(), XDG_CACHE_HOME=str(tmp_path / "cache"))
+    proc = subprocess.run([sys.executable, EXPERIMENTS / "table1.py", "--dataset", "glyphs",
+                           "--quick", "--losses", "triplet", "--regularizers", "svmax",
+                           "--out", tmp_path], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=TIMEOUT)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    recalls = _numbers_after("R@1", proc.stdout)
+    assert len(recalls) == 1 and all(math.isfinite(v) and 0 <= v <= 100 for v in recalls)
+    runs = _read_csv(tmp_path / "glyphs_runs.csv")
+    assert len(runs) == 1 and runs[0]["dataset"] == "glyphs"
+    assert len(list((tmp_path / "cache" / "keras_featreg" / "glyphs").glob("*.npz"))) == 1
+
+
 def test_table1_tfds_dataset_without_tensorflow_datasets():
     """tensorflow-datasets is the [tfds] extra, not needed by the default digits run: a tfds
     --dataset without it stops at argument parsing (before TensorFlow loads), naming it."""
