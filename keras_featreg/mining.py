@@ -345,6 +345,31 @@ def _prefix_length(keys, queries, predicate):
     return length
 
 
+def _prefix_length_searched(keys, queries, predicate, threshold):
+    """:func:`_prefix_length` from the native row-wise search, exact for the predicate.
+
+    ``threshold`` approximates the boundary: ``predicate(key, query)`` is assumed to be
+    ``key < threshold`` up to rounding. One native search gives ``#{key < threshold}``;
+    where that is not the boundary of the floating-point predicate (checked on both
+    sides: the last counted key satisfies it, the next one does not), which rounding can
+    cause only for keys within an ulp or so of the threshold, the branch-free binary
+    search of :func:`_prefix_length` decides for the whole batch. None where no native search exists
+    (JAX, XLA): the caller uses :func:`_prefix_length`.
+    """
+    if _backend.searchsorted_rows(keys[:1, :1], keys[:1, :1], "left") is None:
+        return None
+    n = ops.shape(keys)[1]
+    count = _count_below(keys, threshold)
+    # The boundary: the last counted key satisfies the predicate, the next one does not.
+    last_ok = ops.logical_or(
+        count == 0, predicate(_backend.take_rows(keys, ops.maximum(count - 1, 0)), queries))
+    next_ok = ops.logical_or(
+        count >= n,
+        ops.logical_not(predicate(_backend.take_rows(keys, ops.minimum(count, n - 1)), queries)))
+    exact = ops.all(ops.logical_and(last_ok, next_ok))
+    return ops.cond(exact, lambda: count, lambda: _prefix_length(keys, queries, predicate))
+
+
 def _count_at_most(keys, queries):
     """``#{j : keys[a, j] <= queries[a, q]}`` (upper bound in each sorted row)."""
     native = _backend.searchsorted_rows(keys, queries, "right")
@@ -461,18 +486,43 @@ def _batch_semi_hard_sorted(distances, labels, masks=None):
     distances = ops.convert_to_tensor(distances)
     positive, negative = _masks(labels, masks)
     order, keys, count = _sorted_negatives(distances, negative)
-    values = _backend.take_rows(distances, order)  # sorted, with gradient
     n = ops.shape(keys)[1]
     # (a, p): [c, e) is the run of the closest negatives farther than p (c starts a run);
     c = _count_at_most(keys, ops.stop_gradient(distances))
     has_outside = c < count
-    # a: [f, count) is the run of the farthest negatives, the fallback (count - 1 ends one).
-    size_c, size_last = _run_sizes(keys, ops.minimum(c, n - 1), ops.maximum(count - 1, 0))
-    e = c + size_c
-    f = ops.maximum(count - size_last, 0)
-    start = ops.where(has_outside, c, f)
-    end = ops.where(has_outside, e, count)
-    semi_hard = _tie_mean(values, start, end)
+    last = ops.maximum(count - 1, 0)  # the farthest negative: the fallback
+
+    def with_ties():
+        values = _backend.take_rows(distances, order)  # sorted, with gradient
+        # a: [f, count) is the run of the farthest negatives (count - 1 ends one).
+        if _backend.searchsorted_rows(keys[:1, :1], keys[:1, :1], "right") is None:
+            size_c, size_last = _run_sizes(keys, ops.minimum(c, n - 1), last)
+            e = c + size_c
+            f = ops.maximum(count - size_last, 0)
+        else:  # native row-wise search: the run ends of the selected keys
+            e = _count_at_most(keys, _backend.take_rows(keys, ops.minimum(c, n - 1)))
+            f = _count_below(keys, _backend.take_rows(keys, last))
+        start = ops.where(has_outside, c, f)
+        end = ops.where(has_outside, e, count)
+        return _tie_mean(values, start, end)
+
+    def without_ties():
+        # No selected negative has an exact tie: one gather from `distances` (the
+        # gradient goes to that entry), the value and gradient of `with_ties`.
+        start = ops.minimum(ops.where(has_outside, c, last), n - 1)
+        return _backend.take_rows(distances, _backend.take_rows(order, start))
+
+    # Is any selected negative tied with another negative of its anchor? (Ties elsewhere
+    # in the row, common in float32, do not matter.)
+    key_c = _backend.take_rows(keys, ops.minimum(c, n - 1))
+    key_next = _backend.take_rows(keys, ops.minimum(c + 1, n - 1))
+    tied_outside = ops.logical_and(c + 1 < count, ops.equal(key_next, key_c))
+    key_last = _backend.take_rows(keys, last)
+    key_before = _backend.take_rows(keys, ops.maximum(count - 2, 0))
+    tied_last = ops.logical_and(count >= 2, ops.equal(key_before, key_last))
+    tied = ops.any(ops.logical_and(
+        positive, ops.where(has_outside, tied_outside, tied_last)))
+    semi_hard = ops.cond(tied, with_ties, without_ties)
     has_negative = count > 0
     return MinedTriplets(
         positive_distances=distances,
@@ -515,7 +565,10 @@ def batch_all_hinge_sums(distances, labels, margin, masks=None):
     def active(key, anchor_positive):
         return ops.greater((anchor_positive - key) + margin, 0.0)
 
-    counts = _prefix_length(keys, ops.stop_gradient(distances), active)
+    anchor_positive = ops.stop_gradient(distances)
+    counts = _prefix_length_searched(keys, anchor_positive, active, anchor_positive + margin)
+    if counts is None:
+        counts = _prefix_length(keys, anchor_positive, active)
     prefix = _backend.take_rows(_exclusive_cumsum(values), counts)
     counts = ops.cast(counts, distances.dtype)
     sums = counts * (distances + margin) - prefix

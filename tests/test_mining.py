@@ -478,3 +478,31 @@ def test_b1800_forward_and_backward_run():
     d = np.sqrt(np.maximum(squared[:, None] + squared[None] - 2.0 * x64 @ x64.T, 0.0))
     value, _ = _value_and_grad_jit(lambda t: lr.triplet_loss(labels, t, margin=0.2), x, False)
     assert float(value) == pytest.approx(_numpy_sorted_semi_hard_loss(d, labels, 0.2), rel=1e-4)
+
+
+def test_prefix_length_from_the_native_search_is_exact_near_the_boundary():
+    """Keys within a few ulps of ``query + margin``, where ``(q - key) + m > 0`` and
+    ``key < fl(q + m)`` disagree: the native-search path (TensorFlow without XLA) must
+    give the binary search's counts, through its fallback when the search is off."""
+    rng = np.random.default_rng(5)
+    margin = np.float32(0.2)
+    queries = rng.uniform(0.0, 2.0, size=(64, 40)).astype("float32")
+    threshold = queries[:, :1] + margin
+    steps = rng.integers(-3, 4, size=(64, 40))
+    keys = np.sort(np.nextafter(threshold, np.inf).astype("float32") * 0 + threshold
+                   + steps * np.spacing(threshold), axis=1).astype("float32")
+
+    def active(key, q):
+        return ops.greater((q - key) + margin, 0.0)
+
+    q = np.repeat(queries[:, :1], 40, axis=1)
+    exact = np.asarray(mining._prefix_length(keys, q, active))
+    searched = mining._prefix_length_searched(keys, q, active, q + margin)
+    if searched is None:
+        pytest.skip("no native row-wise search on this backend")
+    np.testing.assert_array_equal(np.asarray(searched), exact)
+    expected = (((q[:, :, None] - keys[:, None, :]) + margin) > 0).sum(-1)
+    np.testing.assert_array_equal(exact, expected)
+    # the plain search disagrees somewhere here, so the exact fallback was exercised
+    plain = np.asarray(mining._count_below(keys, q + margin))
+    assert (plain != exact).any()

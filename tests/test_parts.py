@@ -313,3 +313,29 @@ def test_the_evaluation_accepts_the_distance_objects(rng):
         assert got == recall_at_k(x, labels, ks=(1, 4), metric=metric), name
     assert map_at_r(x, labels, metric=distances.CosineSimilarity()) == map_at_r(x, labels,
                                                                                 metric="cosine")
+
+
+class _NearestNegativeMiner(miners.Miner):
+    """A user miner: every positive pair, and each anchor's single closest negative."""
+
+    def mine(self, matrix, labels, ref_labels, positive, negative, distance):
+        import keras.ops as ops
+
+        d = distance.as_distance(matrix)
+        closest, _ = mining.masked_min(d, negative, axis=1)
+        keep = ops.logical_and(negative, ops.equal(d, ops.expand_dims(closest, 1)))
+        return miners.MinedPairs(positive, keep)
+
+
+def test_a_user_miner_subclass_composes_with_pair_losses(rng):
+    labels, x = _batch(rng, p=4, l=3, d=5)
+    d = _ref_matrix(x, "euclidean")
+    same = labels[:, None] == labels[None, :]
+    pos = same & ~np.eye(len(labels), dtype=bool)
+    dn = np.where(same, np.inf, d)
+    neg = dn == dn.min(axis=1, keepdims=True)
+    want = _ref_contrastive_on_mask(d, pos, neg, 1.0)
+    got = float(losses.ContrastiveLoss(miner=_NearestNegativeMiner())(labels, x))
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    ms = losses.MultiSimilarityLoss(miner=_NearestNegativeMiner())
+    assert np.isfinite(float(ms(labels, x)))
