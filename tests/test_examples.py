@@ -113,7 +113,7 @@ def test_table1_quick(tmp_path):
 
 def test_table1_glyphs_quick(tmp_path):
     """--dataset glyphs (CJK characters in Debian's fonts; skipped without them), its cache
-    under a temporary XDG_CACHE_HOME."""
+    under a temporary XDG_CACHE_HOME, with the paper's balanced contrastive pairs."""
     fonts = [p for p in ("/usr/share/fonts/truetype/arphic/ukai.ttc",
                          "/usr/share/fonts/truetype/arphic/uming.ttc",
                          "/usr/share/fonts/opentype/ipafont-gothic/ipag.ttf",
@@ -128,7 +128,8 @@ def test_table1_glyphs_quick(tmp_path):
                     "installs them)")
     env = dict(script_env(), XDG_CACHE_HOME=str(tmp_path / "cache"))
     proc = subprocess.run([sys.executable, EXPERIMENTS / "table1.py", "--dataset", "glyphs",
-                           "--quick", "--losses", "triplet", "--regularizers", "svmax",
+                           "--quick", "--losses", "contrastive", "--contrastive-pairs",
+                           "balanced", "--regularizers", "svmax",
                            "--out", tmp_path], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=TIMEOUT)
     assert proc.returncode == 0, proc.stderr[-4000:]
