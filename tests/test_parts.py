@@ -219,7 +219,9 @@ def _ref_contrastive_on_mask(d, pos, neg, margin):
 def test_contrastive_loss_with_the_balanced_pair_miner(rng):
     labels, x = _batch(rng, p=9, l=4, d=4)
     d = _ref_matrix(x, "euclidean")
-    mined = miners.BalancedPairMiner()(d.astype("float32"), labels)
+    # mine on the library's own matrix, as the loss does (the selection is then the same on
+    # every CPU; the values are compared against float64)
+    mined = miners.BalancedPairMiner()(distances.EuclideanDistance()(x), labels)
     pos, neg = np.asarray(mined.positive), np.asarray(mined.negative)
     want = _ref_contrastive_on_mask(d, pos, neg, 1.0)
     got = float(losses.ContrastiveLoss(miner="balanced_pair")(labels, x))
@@ -332,7 +334,8 @@ def test_a_user_miner_subclass_composes_with_pair_losses(rng):
     d = _ref_matrix(x, "euclidean")
     same = labels[:, None] == labels[None, :]
     pos = same & ~np.eye(len(labels), dtype=bool)
-    dn = np.where(same, np.inf, d)
+    d_lib = np.asarray(distances.EuclideanDistance()(x), dtype=np.float64)  # the loss's matrix
+    dn = np.where(same, np.inf, d_lib)
     neg = dn == dn.min(axis=1, keepdims=True)
     want = _ref_contrastive_on_mask(d, pos, neg, 1.0)
     got = float(losses.ContrastiveLoss(miner=_NearestNegativeMiner())(labels, x))
