@@ -42,11 +42,16 @@ def take_rows(x, index):
     return keras.ops.take_along_axis(x, index, axis=1)
 
 
+def has_native_row_search():
+    """True where :func:`searchsorted_rows` has a native kernel: TensorFlow, not under XLA."""
+    return backend_name() == "tensorflow" and not in_xla_context()
+
+
 def searchsorted_rows(sorted_rows, queries, side):
     """Row-wise ``searchsorted`` (``int32``, ``side`` "left" or "right") with
     TensorFlow's native kernel when not compiling with XLA; None elsewhere (XLA lowers
     ``tf.searchsorted`` to a slow loop; JAX's is one-dimensional)."""
-    if backend_name() != "tensorflow" or in_xla_context():
+    if not has_native_row_search():
         return None
     import tensorflow as tf
 

@@ -356,7 +356,7 @@ def _prefix_length_searched(keys, queries, predicate, threshold):
     search of :func:`_prefix_length` decides for the whole batch. None where no native search exists
     (JAX, XLA): the caller uses :func:`_prefix_length`.
     """
-    if _backend.searchsorted_rows(keys[:1, :1], keys[:1, :1], "left") is None:
+    if not _backend.has_native_row_search():
         return None
     n = ops.shape(keys)[1]
     count = _count_below(keys, threshold)
@@ -495,7 +495,7 @@ def _batch_semi_hard_sorted(distances, labels, masks=None):
     def with_ties():
         values = _backend.take_rows(distances, order)  # sorted, with gradient
         # a: [f, count) is the run of the farthest negatives (count - 1 ends one).
-        if _backend.searchsorted_rows(keys[:1, :1], keys[:1, :1], "right") is None:
+        if not _backend.has_native_row_search():
             size_c, size_last = _run_sizes(keys, ops.minimum(c, n - 1), last)
             e = c + size_c
             f = ops.maximum(count - size_last, 0)
