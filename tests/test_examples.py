@@ -26,7 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
 EXPERIMENTS = ROOT / "experiments"
 SCRIPTS = ("examples/retrieval.py", "examples/gan_mixture.py", "examples/circle_embedding.py",
-           "examples/vicreg_ssl.py", "experiments/table1.py", "experiments/gan_fig5.py")
+           "examples/vicreg_ssl.py", "experiments/table1.py", "experiments/gan_fig5.py",
+           "experiments/all_layers.py", "experiments/proxy_anchor.py")
 TIMEOUT = 300  # seconds; each quick run takes well under a minute on an idle 2-core CPU
 
 
@@ -138,6 +139,53 @@ def test_table1_glyphs_quick(tmp_path):
     runs = _read_csv(tmp_path / "glyphs_runs.csv")
     assert len(runs) == 1 and runs[0]["dataset"] == "glyphs"
     assert len(list((tmp_path / "cache" / "keras_featreg" / "glyphs").glob("*.npz"))) == 1
+
+
+def test_all_layers_quick(tmp_path):
+    """The all-layers study: five settings, the regularizer attached to the right layers, a
+    per-layer s_mu position in [0, 1], the regularizer's penalty in the training loss, and
+    --merge."""
+    out = _run([EXPERIMENTS / "all_layers.py", "--quick", "--out", tmp_path], quiet=True)
+    assert len(_numbers_after("R@1", out)) == 5
+    runs = {r["setting"]: r for r in _read_csv(tmp_path / "all_layers_digits_runs.csv")}
+    assert set(runs) == {"none", "weight_decay", "svmax_embedding", "svmax_all", "vicreg_all"}
+    positions = [k for k in runs["none"] if k.startswith("pos_")]
+    # digits' 8 x 8 images: one Conv2D block, the hidden Dense, the embedding Dense
+    assert positions == ["pos_conv2d", "pos_dense", "pos_embedding"]
+    layers = {name: int(float(r["regularized_layers"])) for name, r in runs.items()}
+    assert layers == {"none": 0, "weight_decay": 0, "svmax_embedding": 1, "svmax_all": 3,
+                      "vicreg_all": 3}
+    _assert_finite_columns(runs.values(), ["r@1", "r@8", "nmi", "train_seconds", *positions])
+    for r in runs.values():
+        assert all(-1e-6 <= float(r[k]) <= 1 + 1e-6 for k in positions), r
+    # bounded SVMax adds at least lambda (1 for the contrastive loss) per regularized layer
+    loss = {name: float(r["final_loss"]) for name, r in runs.items()}
+    assert loss["svmax_embedding"] > loss["none"] + 0.5
+    assert loss["svmax_all"] > loss["svmax_embedding"] + 1.0
+    _assert_small_png(tmp_path / "all_layers_digits_positions.png")
+    assert (tmp_path / "all_layers_digits_table.md").read_text().startswith("| setting |")
+    _run([EXPERIMENTS / "all_layers.py", "--merge", tmp_path / "all_layers_digits_runs.csv",
+          "--out", tmp_path / "merged", "--tag", "m"])
+    assert len(_read_csv(tmp_path / "merged" / "m_table.csv")) == 5
+
+
+def test_proxy_anchor_quick(tmp_path):
+    """The Table 3 analog: Proxy-Anchor (d = 512) with SVMax lambda 0, 1e-4, 1e-3; finite
+    metrics, s_mu within its bounds, Delta R@1 only for lambda > 0, and --merge."""
+    out = _run([EXPERIMENTS / "proxy_anchor.py", "--quick", "--out", tmp_path], quiet=True)
+    assert len(_numbers_after("R@1", out)) == 3
+    runs = _read_csv(tmp_path / "proxy_anchor_digits_runs.csv")
+    assert [float(r["lambda"]) for r in runs] == [0.0, 1e-4, 1e-3]
+    assert {int(float(r["dim"])) for r in runs} == {512}
+    _assert_finite_columns(runs, ["nmi", "r@1", "r@8", "test_s_mu", "test_s_mu_upper"])
+    for r in runs:
+        assert float(r["test_s_mu_lower"]) - 1e-4 <= float(r["test_s_mu"]) \
+            <= float(r["test_s_mu_upper"]) + 1e-4
+    table = _read_csv(tmp_path / "proxy_anchor_digits_table.csv")
+    assert [t["delta_r@1_mean"] == "nan" for t in table] == [True, False, False]
+    _run([EXPERIMENTS / "proxy_anchor.py", "--merge", tmp_path / "proxy_anchor_digits_runs.csv",
+          "--out", tmp_path / "merged", "--tag", "m"])
+    assert len(_read_csv(tmp_path / "merged" / "m_table.csv")) == 3
 
 
 def test_table1_tfds_dataset_without_tensorflow_datasets():
