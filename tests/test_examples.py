@@ -188,6 +188,29 @@ def test_proxy_anchor_quick(tmp_path):
     assert len(_read_csv(tmp_path / "merged" / "m_table.csv")) == 3
 
 
+def test_delta_table(tmp_path):
+    """The side-by-side Delta R@1 table: the paper's Table 1 cells and a table1.py table's."""
+    table = tmp_path / "t_table.csv"
+    table.write_text(
+        "dataset,loss,regularizer,lambda,lr,batch_size,seeds,r@1_mean,r@1_std,"
+        "delta_r@1_mean,delta_r@1_std\n"
+        "x,triplet,none,0,0.01,144,3,38.04,3.4,nan,nan\n"
+        "x,triplet,svmax,0.1,0.01,144,3,80.3,2.3,42.36,4.81\n"
+        "x,triplet,spreadout,1,0.01,144,3,96.5,0.4,58.46,3.04\n"
+        "x,contrastive,svmax,1,0.001,144,1,50,0,-2.25,0\n")
+    out = _run([EXPERIMENTS / "delta_table.py", "--table", f"ours={table}",
+                "--table", f"ours, contrastive only:contrastive={table}",
+                "--out", tmp_path / "d.md"])
+    lines = {tuple(c.strip() for c in line.strip("|").split("|")[:2]): line
+             for line in out.splitlines() if line.startswith("| ")}
+    assert "CUB (paper) | ours | ours, contrastive only |" in out
+    # the paper's triplet lambda = 0.1 row at lr 0.01: R@1 29.34, SVMax +14.47, spread-out +14.26
+    assert "| 29.3 / +14.5 / +14.3 | 38.0 ± 3.4 / +42.4 ± 4.8 / +58.5 ± 3.0 | · |" in (
+        lines[("triplet", "0.01")])
+    assert "| · / -2.2 / · | · / -2.2 / · |" in lines[("contrastive", "0.001")]  # one seed: no ±
+    assert (tmp_path / "d.md").read_text() == out.rstrip("\n") + "\n"
+
+
 def test_table1_tfds_dataset_without_tensorflow_datasets():
     """tensorflow-datasets is the [tfds] extra, not needed by the default digits run: a tfds
     --dataset without it stops at argument parsing (before TensorFlow loads), naming it."""
