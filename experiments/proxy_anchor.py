@@ -158,7 +158,8 @@ def markdown_table(table):
     for t in table:
         delta = ("-" if not math.isfinite(t["delta_r@1_mean"])
                  else f"{t['delta_r@1_mean']:+.1f} ± {t['delta_r@1_std']:.1f}")
-        diverged = f" ({t['diverged']} diverged)" if t["diverged"] else ""
+        diverged = (f" ({int(t['diverged'])} of {int(t['seeds'])} diverged)" if t["diverged"]
+                    else "")
         lines.append(
             f"| {t['lambda']:g}{diverged} | {t['nmi_mean']:.3f} ± {t['nmi_std']:.3f} | "
             f"{t['r@1_mean']:.1f} ± {t['r@1_std']:.1f} | {t['r@8_mean']:.1f} ± "
