@@ -25,40 +25,28 @@ Examples::
     python experiments/all_layers.py --quick                    # smoke test on digits
 """
 
-import argparse
 import math
 import os
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                "examples"))
-import _common  # noqa: E402,I001  (sets TF_CPP_MIN_LOG_LEVEL and the Agg backend first)
+import _study  # noqa: E402,I001  (no Keras yet: --help stays fast)
+from _study import _common  # noqa: E402
 
 SCRIPT = "all_layers"
 SETTINGS = ("none", "weight_decay", "svmax_embedding", "svmax_all", "vicreg_all")
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="\n\n".join(__doc__.split("\n\n")[1:]))
-    parser.add_argument("--dataset", choices=("digits", "fashion_mnist", "glyphs"),
-                        default="glyphs", help="(default: %(default)s)")
-    parser.add_argument("--glyph-classes", type=int, default=400,
-                        help="--dataset glyphs: characters, half of them training classes")
-    parser.add_argument("--loss", choices=("contrastive", "triplet", "npair", "angular"), default="contrastive",
-                        help="(default: %(default)s)")
+    parser = _study.make_parser(__doc__, SCRIPT)
+    parser.add_argument("--loss", choices=("contrastive", "triplet", "npair", "angular"),
+                        default="contrastive", help="(default: %(default)s)")
     parser.add_argument("--contrastive-pairs", choices=("all", "balanced"), default="balanced",
                         help="see table1.py (default: %(default)s, the paper's 72 + 72 pairs)")
     parser.add_argument("--settings", nargs="+", choices=SETTINGS, default=list(SETTINGS))
     parser.add_argument("--lr", type=float, default=1e-2,
                         help="learning rate (default: %(default)s, Table 1's largest)")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--iterations", type=int, default=None,
-                        help="K (default: table1.py's per dataset: glyphs 1000, digits 300)")
     parser.add_argument("--batch-size", type=int, default=144)
     parser.add_argument("--dim", type=int, default=128)
     parser.add_argument("--svmax-lambda", type=float, default=None,
@@ -68,32 +56,7 @@ def parse_args(argv=None):
     parser.add_argument("--vicreg-covariance", type=float, default=1.0)
     parser.add_argument("--weight-decay", type=float, default=5e-4,
                         help="SGD's decoupled weight decay for the weight_decay setting")
-    parser.add_argument("--width", type=int, default=32)
-    parser.add_argument("--hidden", type=int, default=256)
-    parser.add_argument("--tag", default=None, help="output prefix (default: all_layers_<dataset>)")
-    parser.add_argument("--merge", nargs="+", metavar="RUNS_CSV", default=None,
-                        help="train nothing: merge *_runs.csv files of earlier (e.g. parallel) "
-                             "invocations into one table and plot under --out/--tag")
-    _common.add_common_args(parser, default_out=os.path.join("runs", "all_layers"))
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.dataset = "digits" if args.dataset == "glyphs" else args.dataset
-        args.iterations = args.iterations or 4
-        args.seeds = args.seeds[:1]
-    args.test_samples = 300 if args.quick else None
-    args.train_samples = 1000 if args.quick else None
-    args.tag = args.tag or f"all_layers_{args.dataset}"
-    return args
-
-
-def complete_args(args):
-    """table1.py's per-dataset defaults (after Keras is imported: --help does not import it)."""
-    defaults = table1.DATASET_DEFAULTS[args.dataset]
-    args.iterations = args.iterations or defaults["iterations"]
-    args.image_size = defaults["image_size"]
-    if args.test_samples is None:
-        args.test_samples = defaults["test_samples"]
-    return args
+    return _study.finish_args(parser.parse_args(argv), SCRIPT)
 
 
 if __name__ == "__main__":
@@ -103,7 +66,6 @@ import table1  # noqa: E402  (imports Keras quietly; the paper's protocol)
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from keras_featreg import data as data_lib  # noqa: E402
 from keras_featreg import evaluation, metrics  # noqa: E402
 from keras_featreg.layers import attach_regularizer  # noqa: E402
 from keras_featreg.regularizers import SVMax, VICReg  # noqa: E402
@@ -162,23 +124,13 @@ def run(args, train, test, setting, seed):
     keras.utils.set_random_seed(seed)
     model, attached = build(args, setting, x_tr.shape[1:])
     p, l = table1.batch_layout(args.loss, args.batch_size, len(np.unique(y_tr)))
-    dataset = data_lib.class_balanced_dataset(x_tr, y_tr, p, l, seed=seed, replace=True)
-    start = time.perf_counter()
-    history = model.fit(dataset, steps_per_epoch=args.iterations, epochs=1, verbose=0,
-                        callbacks=[keras.callbacks.TerminateOnNaN()])
-    train_seconds = time.perf_counter() - start
-    final_loss = float(history.history["loss"][-1])
+    train_seconds, final_loss = _study.fit(model, x_tr, y_tr, p, l, seed, args.iterations)
     emb = evaluation.embed(model, x_te, batch_size=512, verbose=0)
     row = {"dataset": args.dataset, "loss": args.loss, "setting": setting, "lr": args.lr,
            "seed": seed, "batch_size": p * l, "iterations": args.iterations,
            "regularized_layers": len(attached), "final_loss": final_loss,
-           "train_seconds": train_seconds}
-    finite = math.isfinite(final_loss) and np.all(np.isfinite(emb))
-    scores = evaluation.evaluate_retrieval(emb, y_te, ks=(1, 8)) if finite else {}
-    row.update({"nmi": scores.get("nmi", math.nan),
-                "r@1": 100.0 * scores.get("recall@1", math.nan),
-                "r@8": 100.0 * scores.get("recall@8", math.nan),
-                "diverged": int(not finite)})
+           "train_seconds": train_seconds, **_study.evaluate(emb, y_te, final_loss)}
+    finite = not row["diverged"]
     positions = layer_positions(model, x_te) if finite else {
         layer.name: math.nan for layer in regularized_layers(model)}
     row.update({f"pos_{name}": value for name, value in positions.items()})
@@ -214,9 +166,7 @@ def markdown_table(table, layer_names):
             + " | ".join(f"pos {n}" for n in layer_names) + " |")
     lines = [head, "|" + "---|" * (6 + len(layer_names))]
     for t in table:
-        diverged = (f" ({int(t['diverged'])} of {int(t['seeds'])} diverged)" if t["diverged"]
-                    else "")
-        cells = [NAMES[t["setting"]] + diverged,
+        cells = [NAMES[t["setting"]] + _study.diverged_note(t),
                  str(int(t["regularized_layers"])),
                  f"{t['r@1_mean']:.1f} ± {t['r@1_std']:.1f}",
                  f"{t['r@8_mean']:.1f} ± {t['r@8_std']:.1f}",
@@ -234,7 +184,8 @@ def plot_positions(table, layer_names, path):
     for t in table:
         means = [t[f"pos_{n}_mean"] for n in layer_names]
         stds = [t[f"pos_{n}_std"] for n in layer_names]
-        ax.errorbar(xs, means, yerr=stds, marker="o", capsize=3, label=NAMES[t["setting"]])
+        ax.errorbar(xs, means, yerr=stds, marker="o", capsize=3,
+                    label=NAMES[t["setting"]] + _study.diverged_note(t))
     ax.set_xticks(xs, layer_names)
     ax.set_ylim(-0.02, 1.02)
     ax.set_ylabel("(s_μ − L) / (U − L), test features")
@@ -245,29 +196,11 @@ def plot_positions(table, layer_names, path):
     return _common.save_figure(fig, path)
 
 
-def read_runs(paths):
-    import csv
-
-    rows = []
-    for path in paths:
-        with open(path, newline="") as f:
-            for row in csv.DictReader(f):
-                rows.append({k: (v if k in ("dataset", "loss", "setting") else float(v))
-                             for k, v in row.items()})
-    return rows
-
-
 def write_results(rows, prefix):
     layer_names = [k[4:] for k in rows[0] if k.startswith("pos_")]
     table = summarize(rows)
-    _common.write_csv(rows, prefix + "_runs.csv")
-    _common.write_csv(table, prefix + "_table.csv")
-    md = markdown_table(table, layer_names)
-    with open(prefix + "_table.md", "w") as f:
-        f.write(md)
+    _study.write_tables(rows, table, markdown_table(table, layer_names), prefix, SCRIPT)
     plot_positions(table, layer_names, prefix + "_positions.png")
-    print("\n" + md)
-    print(f"[{SCRIPT}] wrote {prefix}_runs.csv, _table.csv, _table.md, _positions.png")
     return table
 
 
@@ -275,17 +208,15 @@ def main(argv=None):
     args = parse_args(argv)
     if args.merge:
         os.makedirs(args.out, exist_ok=True)
-        write_results(read_runs(args.merge), os.path.join(args.out, args.tag))
+        write_results(_study.read_runs(args.merge, ("dataset", "loss", "setting")),
+                      os.path.join(args.out, args.tag))
         return None
-    complete_args(args)
     out = _common.setup(args, SCRIPT)
     t0 = time.perf_counter()
-    train, test, _ = table1.load_data(args)
-    print(f"[{SCRIPT}] {args.dataset}: train {len(train[1])} images / "
-          f"{len(np.unique(train[1]))} classes, test {len(test[1])} / "
-          f"{len(np.unique(test[1]))} disjoint classes; {args.loss} loss"
+    train, test = _study.load(args, SCRIPT)
+    print(f"[{SCRIPT}] {args.loss} loss"
           f"{' (' + args.contrastive_pairs + ' pairs)' if args.loss == 'contrastive' else ''}, "
-          f"lr {args.lr:g}, K={args.iterations}")
+          f"lr {args.lr:g}", flush=True)
     rows = []
     for seed in args.seeds:
         for setting in args.settings:

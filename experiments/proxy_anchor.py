@@ -19,65 +19,28 @@ Examples::
     python experiments/proxy_anchor.py --quick                    # smoke test on digits
 """
 
-import argparse
 import math
 import os
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                "examples"))
-import _common  # noqa: E402,I001  (sets TF_CPP_MIN_LOG_LEVEL and the Agg backend first)
+import _study  # noqa: E402,I001  (no Keras yet: --help stays fast)
+from _study import _common  # noqa: E402
 
 SCRIPT = "proxy_anchor"
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="\n\n".join(__doc__.split("\n\n")[1:]))
-    parser.add_argument("--dataset", choices=("digits", "fashion_mnist", "glyphs"),
-                        default="glyphs", help="(default: %(default)s)")
-    parser.add_argument("--glyph-classes", type=int, default=400,
-                        help="--dataset glyphs: characters, half of them training classes")
+    parser = _study.make_parser(__doc__, SCRIPT)
     parser.add_argument("--lambdas", nargs="+", type=float, default=[0.0, 1e-4, 1e-3],
                         help="SVMax weights, 0 = no regularizer (default: the paper's)")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--weight-decay", type=float, default=1e-4)
-    parser.add_argument("--iterations", type=int, default=None,
-                        help="K (default: table1.py's per dataset: glyphs 1000, digits 300)")
     parser.add_argument("--dim", type=int, default=512, help="(default: %(default)s, the paper's)")
     parser.add_argument("--classes-per-batch", type=int, default=36)
     parser.add_argument("--samples-per-class", type=int, default=4)
-    parser.add_argument("--width", type=int, default=32)
-    parser.add_argument("--hidden", type=int, default=256)
-    parser.add_argument("--tag", default=None, help="output prefix (default: proxy_anchor_<dataset>)")
-    parser.add_argument("--merge", nargs="+", metavar="RUNS_CSV", default=None,
-                        help="train nothing: merge *_runs.csv files of earlier (e.g. parallel) "
-                             "invocations into one table under --out/--tag")
-    _common.add_common_args(parser, default_out=os.path.join("runs", "proxy_anchor"))
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.dataset = "digits" if args.dataset == "glyphs" else args.dataset
-        args.iterations = args.iterations or 4
-        args.seeds = args.seeds[:1]
-    args.test_samples = 300 if args.quick else None
-    args.train_samples = 1000 if args.quick else None
-    args.tag = args.tag or f"proxy_anchor_{args.dataset}"
-    return args
-
-
-def complete_args(args):
-    """table1.py's per-dataset defaults (after Keras is imported: --help does not import it)."""
-    defaults = table1.DATASET_DEFAULTS[args.dataset]
-    args.iterations = args.iterations or defaults["iterations"]
-    args.image_size = defaults["image_size"]
-    if args.test_samples is None:
-        args.test_samples = defaults["test_samples"]
-    return args
+    return _study.finish_args(parser.parse_args(argv), SCRIPT)
 
 
 if __name__ == "__main__":
@@ -87,8 +50,7 @@ import table1  # noqa: E402  (imports Keras quietly; the paper's protocol)
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from keras_featreg import data as data_lib  # noqa: E402
-from keras_featreg import evaluation, metrics  # noqa: E402
+from keras_featreg import evaluation  # noqa: E402
 from keras_featreg.layers import attach_regularizer, embedding_model  # noqa: E402
 from keras_featreg.losses import ProxyAnchorLoss  # noqa: E402
 from keras_featreg.regularizers import SVMax  # noqa: E402
@@ -109,29 +71,13 @@ def run(args, train, test, lam, seed):
     model.compile(optimizer=keras.optimizers.AdamW(schedule, weight_decay=args.weight_decay),
                   loss=loss)
     p = min(args.classes_per_batch, num_classes)
-    dataset = data_lib.class_balanced_dataset(x_tr, y_tr, p, args.samples_per_class,
-                                              seed=seed, replace=True)
-    start = time.perf_counter()
-    history = model.fit(dataset, steps_per_epoch=args.iterations, epochs=1, verbose=0,
-                        callbacks=[keras.callbacks.TerminateOnNaN()])
-    train_seconds = time.perf_counter() - start
-    final_loss = float(history.history["loss"][-1])
+    train_seconds, final_loss = _study.fit(model, x_tr, y_tr, p, args.samples_per_class, seed,
+                                           args.iterations)
     emb = evaluation.embed(embedding_model(model), x_te, batch_size=512, verbose=0)
-    row = {"dataset": args.dataset, "lambda": lam, "seed": seed, "dim": args.dim,
-           "batch_size": p * args.samples_per_class, "lr": args.lr,
-           "iterations": args.iterations, "final_loss": final_loss,
-           "train_seconds": train_seconds}
-    finite = math.isfinite(final_loss) and np.all(np.isfinite(emb))
-    scores = evaluation.evaluate_retrieval(emb, y_te, ks=(1, 8)) if finite else {}
-    stats = metrics.spectrum_statistics(emb) if finite else {}
-    row.update({"nmi": scores.get("nmi", math.nan),
-                "r@1": 100.0 * scores.get("recall@1", math.nan),
-                "r@8": 100.0 * scores.get("recall@8", math.nan),
-                "test_s_mu": stats.get("s_mu", math.nan),
-                "test_s_mu_lower": stats.get("s_mu_lower", math.nan),
-                "test_s_mu_upper": stats.get("s_mu_upper", math.nan),
-                "diverged": int(not finite)})
-    return row
+    return {"dataset": args.dataset, "lambda": lam, "seed": seed, "dim": args.dim,
+            "batch_size": p * args.samples_per_class, "lr": args.lr,
+            "iterations": args.iterations, "final_loss": final_loss,
+            "train_seconds": train_seconds, **_study.evaluate(emb, y_te, final_loss)}
 
 
 def summarize(rows):
@@ -158,10 +104,8 @@ def markdown_table(table):
     for t in table:
         delta = ("-" if not math.isfinite(t["delta_r@1_mean"])
                  else f"{t['delta_r@1_mean']:+.1f} ± {t['delta_r@1_std']:.1f}")
-        diverged = (f" ({int(t['diverged'])} of {int(t['seeds'])} diverged)" if t["diverged"]
-                    else "")
         lines.append(
-            f"| {t['lambda']:g}{diverged} | {t['nmi_mean']:.3f} ± {t['nmi_std']:.3f} | "
+            f"| {t['lambda']:g}{_study.diverged_note(t)} | {t['nmi_mean']:.3f} ± {t['nmi_std']:.3f} | "
             f"{t['r@1_mean']:.1f} ± {t['r@1_std']:.1f} | {t['r@8_mean']:.1f} ± "
             f"{t['r@8_std']:.1f} | {delta} | {t['test_s_mu_mean']:.2f} ± "
             f"{t['test_s_mu_std']:.2f} ({t['test_s_mu_upper']:.2f}) | "
@@ -169,26 +113,9 @@ def markdown_table(table):
     return "\n".join(lines) + "\n"
 
 
-def read_runs(paths):
-    import csv
-
-    rows = []
-    for path in paths:
-        with open(path, newline="") as f:
-            rows += [{k: (v if k == "dataset" else float(v)) for k, v in row.items()}
-                     for row in csv.DictReader(f)]
-    return rows
-
-
 def write_results(rows, prefix):
     table = summarize(rows)
-    _common.write_csv(rows, prefix + "_runs.csv")
-    _common.write_csv(table, prefix + "_table.csv")
-    md = markdown_table(table)
-    with open(prefix + "_table.md", "w") as f:
-        f.write(md)
-    print("\n" + md)
-    print(f"[{SCRIPT}] wrote {prefix}_runs.csv, _table.csv, _table.md")
+    _study.write_tables(rows, table, markdown_table(table), prefix, SCRIPT)
     return table
 
 
@@ -196,15 +123,13 @@ def main(argv=None):
     args = parse_args(argv)
     if args.merge:
         os.makedirs(args.out, exist_ok=True)
-        write_results(read_runs(args.merge), os.path.join(args.out, args.tag))
+        write_results(_study.read_runs(args.merge, ("dataset",)),
+                      os.path.join(args.out, args.tag))
         return None
-    complete_args(args)
     out = _common.setup(args, SCRIPT)
     t0 = time.perf_counter()
-    train, test, _ = table1.load_data(args)
-    print(f"[{SCRIPT}] {args.dataset}: train {len(train[1])} images / "
-          f"{len(np.unique(train[1]))} classes, test {len(test[1])} / "
-          f"{len(np.unique(test[1]))} disjoint classes; d={args.dim}, K={args.iterations}")
+    train, test = _study.load(args, SCRIPT)
+    print(f"[{SCRIPT}] Proxy-Anchor, d={args.dim}, AdamW lr {args.lr:g}", flush=True)
     rows = []
     for seed in args.seeds:
         for lam in args.lambdas:
