@@ -15,7 +15,7 @@ from _helpers import run_help
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 SCRIPTS = (
-    "bench_distributed.py", "bench_losses.py", "bench_mining.py", "bench_recall.py", "bench_spectral.py",
+    "bench_all_layers.py", "bench_distributed.py", "bench_losses.py", "bench_mining.py", "bench_recall.py", "bench_spectral.py",
     "bench_train_step.py", "distance_accuracy.py",
 )
 
@@ -97,3 +97,20 @@ def test_mining_benchmark_speed_section_on_a_tiny_batch():
     cases = {(r[1], r[2]) for r in rows}
     assert ("no XLA", "semi-hard") in cases and ("XLA", "all") in cases
     assert failures == [] and all(float(r[3]) > 0 for r in rows)
+
+
+def test_all_layers_benchmark_times_the_five_settings():
+    """The five settings of experiments/all_layers.py, one interleaved round (any backend)."""
+    import subprocess
+
+    from _helpers import script_env
+
+    proc = subprocess.run([sys.executable, str(BENCHMARKS / "bench_all_layers.py"),
+                           "--rounds", "1", "--steps-per-round", "1"],
+                          env=script_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rows = [line.split("|")[1:4] for line in proc.stdout.splitlines()
+            if line.startswith("| ") and "step ms" not in line]
+    assert [r[0].strip() for r in rows] == ["none", "weight decay", "SVMax, embedding",
+                                            "SVMax, every layer", "VICReg, every layer"]
+    assert all(float(r[1]) > 0 for r in rows) and rows[0][2].strip() == "1.00x"
