@@ -22,7 +22,9 @@ Nuclear-norm methods (``method=``):
     singular vectors (directions with ``s <= 8 eps s_1`` masked) instead of differentiating
     the SVD: finite at every rank on every backend (JAX's SVD gradient is NaN at zero).  Fast on LAPACK (TensorFlow without XLA, JAX on CPU/GPU) for small
     matrices, but TensorFlow's XLA lowering is a slow Jacobi iteration (about 1 s for
-    144 x 128 forward+backward on 2 CPU cores).
+    144 x 128 forward+backward on 2 CPU cores).  Where LAPACK fails to converge on a
+    finite matrix (rare and CPU-dependent; JAX then returns NaN), the value and gradient
+    come from ``"newton_schulz"`` instead; the same guard covers ``"gram"``'s ``eigh``.
 ``"gram"``
     Eigen-decomposition of the ``k x k`` Gram matrix of the smaller side, then the polar
     factor ``P = E V diag(1/s) V^T``.  The value is ``<E, P>`` with the gradient ``P``
@@ -262,6 +264,34 @@ def polar_newton_schulz_gram(x, iterations=DEFAULT_POLAR_ITERATIONS, shift=1e-6)
     return ops.matmul(m, x) if wide else ops.matmul(x, m)
 
 
+def _matmul_polar(x, iterations=DEFAULT_POLAR_ITERATIONS):
+    """The Newton-Schulz polar factor, in the cheaper of its two forms for this shape."""
+    if _rectangular(x):
+        return polar_newton_schulz_gram(x, iterations)
+    return polar_newton_schulz(x, iterations)
+
+
+def _or_matmul_polar(result, clean, iterations):
+    """``result = (value, polar)`` of a LAPACK path, or the Newton-Schulz one where it failed.
+
+    LAPACK's divide-and-conquer SVD (``gesdd``) and ``syevd`` can fail to converge on a
+    finite matrix -- rarely, depending on the CPU's kernels and the thread count
+    (OpenMathLib/OpenBLAS#3044, jax-ml/jax#22809) -- and JAX then returns NaN for every
+    output. ``clean`` is finite (non-finite inputs were zeroed), so a non-finite result can
+    only be such a failure: this recomputes ``(<clean, P>, P)`` with the matmul-only
+    iteration, inside a ``cond`` (no cost when LAPACK succeeded). A non-finite *input* still
+    gives NaN, through ``<x, P>`` with the original ``x``.
+    """
+    value, polar = result
+    ok = ops.logical_and(ops.all(ops.isfinite(value)), ops.all(ops.isfinite(polar)))
+
+    def fallback():
+        p = _matmul_polar(clean, iterations)
+        return ops.sum(clean * p), p
+
+    return ops.cond(ok, lambda: (value, polar), fallback)
+
+
 def _rectangular(x, ratio=2):
     b, d = _dims(x)
     return b is not None and d is not None and max(b, d) >= ratio * min(b, d)
@@ -293,18 +323,18 @@ def nuclear_norm(x, method="auto", iterations=DEFAULT_POLAR_ITERATIONS):
     """
     method = resolve_method(x, method)
     if method == "svd":
-        u, s, vh = ops.svd(_finite_or_zero(ops.stop_gradient(x)), full_matrices=False,
-                           compute_uv=True)
+        clean = _finite_or_zero(ops.stop_gradient(x))
+        u, s, vh = ops.svd(clean, full_matrices=False, compute_uv=True)
         keep = ops.cast(s > ops.max(s) * 8.0 * _eps(x.dtype), x.dtype)
         polar = ops.matmul(u * keep[None, :], vh)
-        return _straight_through(ops.sum(s), ops.sum(x * ops.stop_gradient(polar)))
+        value, polar = _or_matmul_polar((ops.sum(s), polar), clean, iterations)
+        return _straight_through(value, ops.sum(x * ops.stop_gradient(polar)))
     if method == "gram":
-        polar = _polar_gram(x)
+        clean = _finite_or_zero(ops.stop_gradient(x))
+        polar = _polar_gram(clean)
+        _, polar = _or_matmul_polar((ops.sum(clean * polar), polar), clean, iterations)
     elif method == "newton_schulz":
-        if _rectangular(x):
-            polar = polar_newton_schulz_gram(x, iterations)
-        else:
-            polar = polar_newton_schulz(x, iterations)
+        polar = _matmul_polar(x, iterations)
     else:
         raise ValueError(
             f"`method` must be one of {list(NUCLEAR_NORM_METHODS)}. Received: method={method!r}"
