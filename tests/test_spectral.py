@@ -99,6 +99,20 @@ def test_lapack_failure_falls_back_to_newton_schulz(method, decomposition, compi
     assert np.isnan(float(spectral.nuclear_norm(ops.convert_to_tensor(bad), method=method)))
 
 
+@pytest.mark.tensorflow_only
+@pytest.mark.parametrize("method", ["auto", "svd", "gram"])
+def test_nuclear_norm_of_a_tensor_of_unknown_shape(method, rng):
+    # A gathered global batch under tf.distribute has no static shape: the LAPACK paths
+    # (and their guard) must still trace.
+    import tensorflow as tf
+
+    fn = tf.function(lambda t: spectral.nuclear_norm(t, method=method),
+                     input_signature=[tf.TensorSpec((None, None), tf.float32)])
+    x = rng.standard_normal((9, 4))
+    got = float(fn(tf.constant(x, tf.float32)))
+    np.testing.assert_allclose(got, np.linalg.svd(x, compute_uv=False).sum(), rtol=2e-5)
+
+
 @pytest.mark.parametrize(
     "b,d,expected",
     [(144, 128, (12 / 128, np.sqrt(128) * 12 / 128)), (64, 128, (8 / 128, 64 / 128)), (1, 3, (1 / 3, 1 / 3))],

@@ -280,9 +280,13 @@ def _or_matmul_polar(result, clean, iterations):
     output. ``clean`` is finite (non-finite inputs were zeroed), so a non-finite result can
     only be such a failure: this recomputes ``(<clean, P>, P)`` with the matmul-only
     iteration, inside a ``cond`` (no cost when LAPACK succeeded). A non-finite *input* still
-    gives NaN, through ``<x, P>`` with the original ``x``.
+    gives NaN, through ``<x, P>`` with the original ``x``. Without a static number of
+    features (a tensor of unknown shape) the iteration cannot be built and ``result`` is
+    returned as it is.
     """
     value, polar = result
+    if _dims(clean)[1] is None:
+        return result
     ok = ops.logical_and(ops.all(ops.isfinite(value)), ops.all(ops.isfinite(polar)))
 
     def fallback():
