@@ -279,7 +279,7 @@ def _or_matmul_polar(result, clean, iterations):
     (OpenMathLib/OpenBLAS#3044, jax-ml/jax#22809) -- and JAX then returns NaN for every
     output. ``clean`` is finite (non-finite inputs were zeroed), so a non-finite result can
     only be such a failure: this recomputes ``(<clean, P>, P)`` with the matmul-only
-    iteration, inside a ``cond`` (no cost when LAPACK succeeded). A non-finite *input* still
+    iteration, inside a ``cond`` (run only after a failure). A non-finite *input* still
     gives NaN, through ``<x, P>`` with the original ``x``. Without a static number of
     features (a tensor of unknown shape) the iteration cannot be built and ``result`` is
     returned as it is.
