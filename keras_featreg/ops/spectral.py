@@ -271,29 +271,25 @@ def _matmul_polar(x, iterations=DEFAULT_POLAR_ITERATIONS):
     return polar_newton_schulz(x, iterations)
 
 
-def _or_matmul_polar(result, clean, iterations):
-    """``result = (value, polar)`` of a LAPACK path, or the Newton-Schulz one where it failed.
+def _or_matmul_polar(polar, clean, iterations, also=None):
+    """``polar`` from a LAPACK path, or the Newton-Schulz polar factor of ``clean`` where it failed.
 
     LAPACK's divide-and-conquer SVD (``gesdd``) and ``syevd`` can fail to converge on a
     finite matrix -- rarely, depending on the CPU's kernels and the thread count
     (OpenMathLib/OpenBLAS#3044, jax-ml/jax#22809) -- and JAX then returns NaN for every
-    output. ``clean`` is finite (non-finite inputs were zeroed), so a non-finite result can
-    only be such a failure: this recomputes ``(<clean, P>, P)`` with the matmul-only
-    iteration, inside a ``cond`` (run only after a failure). A non-finite *input* still
-    gives NaN, through ``<x, P>`` with the original ``x``. Without a static number of
-    features (a tensor of unknown shape) the iteration cannot be built and ``result`` is
-    returned as it is.
+    output. ``clean`` is finite (non-finite inputs were zeroed), so a non-finite ``polar``
+    (or ``also``, another output of the same decomposition) can only be such a failure: the
+    matmul-only iteration then recomputes it, inside a ``cond`` (run only after a failure).
+    A non-finite *input* still gives NaN, through ``<x, P>`` with the original ``x``.
+    Without a static number of features (a tensor of unknown shape) the iteration cannot be
+    built and ``polar`` is returned as it is.
     """
-    value, polar = result
     if _dims(clean)[1] is None:
-        return result
-    ok = ops.logical_and(ops.all(ops.isfinite(value)), ops.all(ops.isfinite(polar)))
-
-    def fallback():
-        p = _matmul_polar(clean, iterations)
-        return ops.sum(clean * p), p
-
-    return ops.cond(ok, lambda: (value, polar), fallback)
+        return polar
+    ok = ops.all(ops.isfinite(polar))
+    if also is not None:
+        ok = ops.logical_and(ok, ops.all(ops.isfinite(also)))
+    return ops.cond(ok, lambda: polar, lambda: _matmul_polar(clean, iterations))
 
 
 def _rectangular(x, ratio=2):
@@ -330,13 +326,14 @@ def nuclear_norm(x, method="auto", iterations=DEFAULT_POLAR_ITERATIONS):
         clean = _finite_or_zero(ops.stop_gradient(x))
         u, s, vh = ops.svd(clean, full_matrices=False, compute_uv=True)
         keep = ops.cast(s > ops.max(s) * 8.0 * _eps(x.dtype), x.dtype)
-        polar = ops.matmul(u * keep[None, :], vh)
-        value, polar = _or_matmul_polar((ops.sum(s), polar), clean, iterations)
-        return _straight_through(value, ops.sum(x * ops.stop_gradient(polar)))
+        polar = _or_matmul_polar(ops.matmul(u * keep[None, :], vh), clean, iterations, also=s)
+        surrogate = ops.sum(x * ops.stop_gradient(polar))
+        # sum(s) is exact; after a LAPACK failure <x, P> is the value (x == clean then).
+        value = ops.where(ops.all(ops.isfinite(s)), ops.sum(s), surrogate)
+        return _straight_through(value, surrogate)
     if method == "gram":
         clean = _finite_or_zero(ops.stop_gradient(x))
-        polar = _polar_gram(clean)
-        _, polar = _or_matmul_polar((ops.sum(clean * polar), polar), clean, iterations)
+        polar = _or_matmul_polar(_polar_gram(clean), clean, iterations)
     elif method == "newton_schulz":
         polar = _matmul_polar(x, iterations)
     else:
