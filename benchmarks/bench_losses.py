@@ -42,7 +42,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from keras_featreg import losses  # noqa: E402
-from keras_featreg.ops import distances as distances_ops  # noqa: E402
+from keras_featreg.ops import pairwise as distances_ops  # noqa: E402
 
 # name: (our loss name for losses.get, its kwargs, layout, PML class, PML kwargs, PML miner)
 # layout: "pairs" (b/4 x 4), "npair" (b/2 x 2), "proxy" (b/4 x 4 + class weights),

@@ -2,7 +2,7 @@
 
 Unit rows in pairs at a known distance t (1e-1, 1e-2, 1e-3), d = 128, float32: the
 largest relative error of the pair distances against the float64 distance of the stored
-rows, for ``keras_featreg.ops.distances.pairwise_distances`` and for the plain expansion
+rows, for ``keras_featreg.ops.pairwise.pairwise_distances`` and for the plain expansion
 ``sqrt(max(|x|^2 + |y|^2 - 2 x.y, 0))``; then forward+backward time of both at b = 144
 and 480 (median, ``tf.function``), as a ratio measured in the same run.
 
@@ -30,7 +30,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from keras import ops  # noqa: E402
 
-from keras_featreg.ops import distances  # noqa: E402
+from keras_featreg.ops import pairwise as distances  # noqa: E402
 
 
 def expansion(x):

@@ -62,9 +62,13 @@ def parse_args(argv=None):
 if __name__ == "__main__":
     parse_args(sys.argv[1:])  # --help and bad flags exit before Keras is used
 
-import table1  # noqa: E402  (imports Keras quietly; the paper's protocol)
+_common.import_keras()  # TensorFlow and Keras, without TensorFlow's native start-up lines
+
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
+from _models import build_embedding_model  # noqa: E402
+from _protocol import PAPER_LAMBDA, batch_layout, make_loss  # noqa: E402
+from _schedule import ConstantThenPolynomialDecay  # noqa: E402
 
 from keras_featreg import evaluation, metrics  # noqa: E402
 from keras_featreg.layers import attach_regularizer  # noqa: E402
@@ -79,10 +83,9 @@ def regularized_layers(model):
 
 def build(args, setting, input_shape):
     """(model, description of what was attached)."""
-    model = table1.build_embedding_model(input_shape, dim=args.dim, width=args.width,
-                                         hidden=args.hidden)
-    lam = (table1.PAPER_LAMBDA[args.loss] if args.svmax_lambda is None
-           else args.svmax_lambda)
+    model = build_embedding_model(input_shape, dim=args.dim, width=args.width,
+                                  hidden=args.hidden)
+    lam = PAPER_LAMBDA[args.loss] if args.svmax_lambda is None else args.svmax_lambda
     attached = []
     if setting == "svmax_embedding":
         attached = attach_regularizer(model, SVMax(factor=lam), layers="embedding")
@@ -93,11 +96,11 @@ def build(args, setting, input_shape):
         reg = VICReg(variance_factor=args.vicreg_variance,
                      covariance_factor=args.vicreg_covariance, feature_reduction="average")
         attached = attach_regularizer(model, reg, layers=regularized_layers(model))
-    schedule = table1.ConstantThenPolynomialDecay(args.lr, args.iterations)
+    schedule = ConstantThenPolynomialDecay(args.lr, args.iterations)
     weight_decay = args.weight_decay if setting == "weight_decay" else None
     optimizer = keras.optimizers.SGD(learning_rate=schedule, momentum=0.9,
                                      weight_decay=weight_decay)
-    model.compile(optimizer=optimizer, loss=table1.make_loss(args.loss, args.contrastive_pairs))
+    model.compile(optimizer=optimizer, loss=make_loss(args.loss, args.contrastive_pairs))
     return model, attached
 
 
@@ -123,7 +126,7 @@ def run(args, train, test, setting, seed):
     keras.utils.clear_session()
     keras.utils.set_random_seed(seed)
     model, attached = build(args, setting, x_tr.shape[1:])
-    p, l = table1.batch_layout(args.loss, args.batch_size, len(np.unique(y_tr)))
+    p, l = batch_layout(args.loss, args.batch_size, len(np.unique(y_tr)))
     train_seconds, final_loss = _study.fit(model, x_tr, y_tr, p, l, seed, args.iterations)
     emb = evaluation.embed(model, x_te, batch_size=512, verbose=0)
     row = {"dataset": args.dataset, "loss": args.loss, "setting": setting, "lr": args.lr,

@@ -46,9 +46,12 @@ def parse_args(argv=None):
 if __name__ == "__main__":
     parse_args(sys.argv[1:])  # --help and bad flags exit before Keras is used
 
-import table1  # noqa: E402  (imports Keras quietly; the paper's protocol)
+_common.import_keras()  # TensorFlow and Keras, without TensorFlow's native start-up lines
+
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
+from _models import build_embedding_model  # noqa: E402
+from _schedule import ConstantThenPolynomialDecay  # noqa: E402
 
 from keras_featreg import evaluation  # noqa: E402
 from keras_featreg.layers import attach_regularizer, embedding_model  # noqa: E402
@@ -62,12 +65,12 @@ def run(args, train, test, lam, seed):
     keras.utils.set_random_seed(seed)
     num_classes = int(np.max(y_tr)) + 1
     loss = ProxyAnchorLoss(num_classes=num_classes, embedding_size=args.dim)
-    net = table1.build_embedding_model(x_tr.shape[1:], dim=args.dim, width=args.width,
-                                       hidden=args.hidden)
+    net = build_embedding_model(x_tr.shape[1:], dim=args.dim, width=args.width,
+                                hidden=args.hidden)
     if lam > 0:
         attach_regularizer(net, SVMax(factor=lam), layers="embedding")
     model = keras.Model(net.inputs, loss.head(name="proxies")(net.outputs[0]))
-    schedule = table1.ConstantThenPolynomialDecay(args.lr, args.iterations)
+    schedule = ConstantThenPolynomialDecay(args.lr, args.iterations)
     model.compile(optimizer=keras.optimizers.AdamW(schedule, weight_decay=args.weight_decay),
                   loss=loss)
     p = min(args.classes_per_batch, num_classes)

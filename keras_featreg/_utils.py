@@ -15,6 +15,7 @@ import keras
 import numpy as np
 from keras import ops
 
+PACKAGE = "keras_featreg"  # the package of every register_keras_serializable
 _HALF = ("float16", "bfloat16")
 
 
@@ -74,8 +75,33 @@ def check_number(name, value, minimum=None, strict=False, maximum=None):
     return value
 
 
+def check_int(name, value, minimum=1):
+    """Validates an integer argument (``bool`` refused); returns it as a Python int."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"`{name}` must be an integer >= {minimum}. Received: {name}={value!r}")
+    return int(value)
+
+
+def check_optional_int(name, value, minimum=1):
+    """:func:`check_int`, or None."""
+    return None if value is None else check_int(name, value, minimum)
+
+
+def check_bool(name, value):
+    """Validates a bool argument (``0``, ``1``, ``"no"`` refused)."""
+    if not isinstance(value, bool):
+        raise ValueError(f"`{name}` must be a bool (True or False). Received: {name}={value!r}")
+    return value
+
+
+def check_positive(name, value):
+    """:func:`check_number` with ``value > 0``."""
+    return check_number(name, value, minimum=0.0, strict=True)
+
+
 def check_choice(name, value, choices):
-    if value not in choices:
+    """Validates that `value` is one of `choices` (an unhashable value is refused too)."""
+    if not isinstance(value, (str, int, float, type(None))) or value not in choices:
         raise ValueError(
             f"`{name}` must be one of {sorted(choices)}. Received: {name}={value!r}"
         )

@@ -42,6 +42,23 @@ def take_rows(x, index):
     return keras.ops.take_along_axis(x, index, axis=1)
 
 
+def is_concrete(x):
+    """True when the value of `x` can be read now (NumPy, an eager tensor), False for a
+    symbolic one (a ``tf.function`` graph tensor, a JAX tracer, a ``KerasTensor``)."""
+    if isinstance(x, keras.KerasTensor):
+        return False
+    name = backend_name()
+    if name == "tensorflow":
+        import tensorflow as tf
+
+        return not tf.is_tensor(x) or not tf.is_symbolic_tensor(x)
+    if name == "jax":
+        import jax
+
+        return not isinstance(x, jax.core.Tracer)
+    return True
+
+
 def has_native_row_search():
     """True where :func:`searchsorted_rows` has a native kernel: TensorFlow, not under XLA."""
     return backend_name() == "tensorflow" and not in_xla_context()

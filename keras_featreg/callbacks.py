@@ -5,9 +5,7 @@
   (:mod:`keras_featreg.metrics`).
 
 Both write their values into the epoch ``logs``, so ``History`` and callbacks listed
-after them (TensorBoard, CSVLogger, EarlyStopping, ModelCheckpoint) see them. They
-stay importable from their former homes, ``keras_featreg.evaluation`` and
-``keras_featreg.metrics``.
+after them (TensorBoard, CSVLogger, EarlyStopping, ModelCheckpoint) see them.
 """
 
 import numbers
@@ -15,15 +13,9 @@ import numbers
 import keras
 import numpy as np  # noqa: F401  (the docstring examples use it)
 
-from keras_featreg._utils import check_choice
-from keras_featreg.evaluation._checks import (
-    _METRICS,
-    _check_ks,
-    _check_labels,
-    _check_positive_int,
-    _metric_name,
-)
-from keras_featreg.evaluation._extract import _is_tf_dataset, embed
+from keras_featreg import _utils
+from keras_featreg.evaluation._checks import check_ks, check_label_array, ranking_of
+from keras_featreg.evaluation._extract import embed, is_tf_dataset
 from keras_featreg.evaluation._report import evaluate_retrieval
 from keras_featreg.metrics import spectrum_statistics
 
@@ -55,7 +47,8 @@ class RetrievalEvaluation(keras.callbacks.Callback):
         map_at_r: log MAP@R.
         prefix: prefix of the log keys.
         batch_size: inference batch size for array inputs.
-        metric: "euclidean", "cosine" or "inner_product".
+        metric: a :mod:`keras_featreg.distances` name or object (``"euclidean"``,
+            ``"cosine"``, ``"dot_product"``, ...).
         embedding_model: model producing the embeddings, when it is not the trained
             model itself (e.g. a sub-model sharing its layers). Default: the model.
         seed: K-means seed for NMI.
@@ -87,24 +80,24 @@ class RetrievalEvaluation(keras.callbacks.Callback):
         verbose=0,
     ):
         super().__init__()
-        check_choice("metric", _metric_name(metric), _METRICS)
-        self.every = _check_positive_int("every", every)
-        self.batch_size = _check_positive_int("batch_size", batch_size)
+        ranking_of(metric)  # checks `metric` now
+        self.every = _utils.check_int("every", every)
+        self.batch_size = _utils.check_int("batch_size", batch_size)
         if y is None:
             self.data = x
-        elif _is_tf_dataset(x) or not hasattr(keras.tree.flatten(x)[0], "__len__"):
+        elif is_tf_dataset(x) or not hasattr(keras.tree.flatten(x)[0], "__len__"):
             raise ValueError(
                 "`y` must be None when `x` is a dataset or an iterable yielding (x, y) "
                 f"batches. Received x of type {type(x).__name__} and y."
             )
         else:
             n = len(keras.tree.flatten(x)[0])
-            y = _check_labels(y, n, name="y")
+            y = check_label_array(y, n, name="y")
             self.data = (x, y)
         self.ks = ks if isinstance(ks, numbers.Integral) else tuple(ks)
-        _check_ks(self.ks, 2**62)  # type/positivity checks now; k < n at first use
-        self.compute_nmi = bool(nmi)
-        self.compute_map_at_r = bool(map_at_r)
+        check_ks(self.ks, 2**62)  # type/positivity checks now; k < n at first use
+        self.compute_nmi = _utils.check_bool("nmi", nmi)
+        self.compute_map_at_r = _utils.check_bool("map_at_r", map_at_r)
         self.prefix = str(prefix)
         self.metric = metric
         self.embedding_model = embedding_model
@@ -171,15 +164,13 @@ class SpectrumMonitor(keras.callbacks.Callback):
     def __init__(self, x, embedding_model=None, normalize=True, every=1, prefix="val_",
                  threshold=0.01, batch_size=256):
         super().__init__()
-        if int(every) < 1:
-            raise ValueError(f"`every` must be >= 1. Received: every={every!r}")
         self.x = x
         self.embedding_model = embedding_model
-        self.normalize = normalize
-        self.every = int(every)
-        self.prefix = prefix
-        self.threshold = threshold
-        self.batch_size = batch_size
+        self.normalize = _utils.check_bool("normalize", normalize)
+        self.every = _utils.check_int("every", every)
+        self.prefix = str(prefix)
+        self.threshold = _utils.check_number("threshold", threshold, minimum=0.0)
+        self.batch_size = _utils.check_int("batch_size", batch_size)
         self.history = []
 
     def on_epoch_end(self, epoch, logs=None):

@@ -8,10 +8,10 @@ pytorch-metric-learning. Losses and miners that rank pairs use :meth:`Distance.c
 / :meth:`Distance.as_distance` instead of assuming a direction, so any distance works
 with any of them where that is meaningful.
 
-The math lives once, in :mod:`keras_featreg.ops.distances`: every object here calls
-:func:`~keras_featreg.ops.distances.pairwise_distances` or
-:func:`~keras_featreg.ops.distances.cosine_similarity_matrix` /
-:func:`~keras_featreg.ops.distances.pairwise_dot` (the "same numbers on every machine"
+The math lives once, in :mod:`keras_featreg.ops.pairwise`: every object here calls
+:func:`~keras_featreg.ops.pairwise.pairwise_distances` or
+:func:`~keras_featreg.ops.pairwise.cosine_similarity_matrix` /
+:func:`~keras_featreg.ops.pairwise.pairwise_dot` (the "same numbers on every machine"
 guarantees carry over). ``evaluation_metric`` names the equivalent ranking of
 :mod:`keras_featreg.evaluation` (``recall_at_k(..., metric=distance)`` accepts the
 objects).
@@ -35,10 +35,9 @@ Example:
 import keras
 from keras import ops
 
-from keras_featreg import _parts
-from keras_featreg.ops import distances as _ops
+from keras_featreg import _parts, _utils
+from keras_featreg.ops import pairwise as _ops
 
-_PACKAGE = "keras_featreg"
 
 __all__ = [
     "CosineDistance",
@@ -89,7 +88,7 @@ class Distance(_parts.Part):
 
 
 
-@keras.saving.register_keras_serializable(package=_PACKAGE)
+@keras.saving.register_keras_serializable(package=_utils.PACKAGE)
 class EuclideanDistance(Distance):
     """``D[i, j] = ||x_i - y_j||_2``, exact 0 (zero gradient) for identical rows.
 
@@ -109,7 +108,7 @@ class EuclideanDistance(Distance):
         return _ops.pairwise_distances(x, y, metric=self.name)
 
 
-@keras.saving.register_keras_serializable(package=_PACKAGE)
+@keras.saving.register_keras_serializable(package=_utils.PACKAGE)
 class SquaredEuclideanDistance(EuclideanDistance):
     """``D[i, j] = ||x_i - y_j||_2^2``."""
 
@@ -117,7 +116,7 @@ class SquaredEuclideanDistance(EuclideanDistance):
     unit_range = (0.0, 4.0)
 
 
-@keras.saving.register_keras_serializable(package=_PACKAGE)
+@keras.saving.register_keras_serializable(package=_utils.PACKAGE)
 class CosineDistance(EuclideanDistance):
     """``D[i, j] = 1 - cos(x_i, y_j)`` in ``[0, 2]`` (tensorflow-addons' ``"angular"``)."""
 
@@ -126,7 +125,7 @@ class CosineDistance(EuclideanDistance):
     evaluation_metric = "cosine"
 
 
-@keras.saving.register_keras_serializable(package=_PACKAGE)
+@keras.saving.register_keras_serializable(package=_utils.PACKAGE)
 class CosineSimilarity(Distance):
     """``S[i, j] = cos(x_i, y_j)`` in ``[-1, 1]``; larger = closer (``is_inverted``).
 
@@ -144,7 +143,7 @@ class CosineSimilarity(Distance):
         return _ops.cosine_similarity_matrix(x, y)
 
 
-@keras.saving.register_keras_serializable(package=_PACKAGE)
+@keras.saving.register_keras_serializable(package=_utils.PACKAGE)
 class DotProductSimilarity(Distance):
     """``S[i, j] = <x_i, y_j>``; larger = closer (``is_inverted``).
 
@@ -154,7 +153,7 @@ class DotProductSimilarity(Distance):
     name = "dot_product"
     is_inverted = True
     unit_range = (-1.0, 1.0)
-    evaluation_metric = "inner_product"
+    evaluation_metric = "dot_product"
 
     def pairwise(self, x, y=None):
         return _ops.pairwise_dot(x, y)

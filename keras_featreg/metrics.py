@@ -4,8 +4,7 @@ All values come from :mod:`keras_featreg.ops` (the same primitives the regulariz
 An embedding batch holding a NaN or an infinity gives NaN values (every entry of a vector,
 every value of a dict but the shape), never finite ones.
 
-The callback that logs them each epoch, ``SpectrumMonitor``, lives in
-:mod:`keras_featreg.callbacks` and stays importable from here.
+The callback that logs them each epoch is :class:`keras_featreg.callbacks.SpectrumMonitor`.
 """
 
 import math
@@ -81,6 +80,7 @@ def collapse_statistics(embeddings, threshold=0.01, normalize=True):
         ``collapsed_fraction``.
     """
     threshold = _utils.check_number("threshold", threshold, minimum=0.0)
+    normalize = _utils.check_bool("normalize", normalize)
     e = _prepared(embeddings, normalize)
     if not _finite(e):
         return dict.fromkeys(("mean_std", "min_std", "max_std", "collapsed_fraction"), math.nan)
@@ -114,17 +114,3 @@ def spectrum_statistics(embeddings, normalize=True, threshold=0.01):
     stats.update(collapse_statistics(e, threshold=threshold, normalize=False))
     stats["batch_size"], stats["dim"] = b, d
     return stats
-
-
-def __getattr__(name):
-    # SpectrumMonitor moved to keras_featreg.callbacks, which imports this module: resolved
-    # on first use (not at import) so that neither module imports the other while loading.
-    if name == "SpectrumMonitor":
-        from keras_featreg.callbacks import SpectrumMonitor
-
-        return SpectrumMonitor
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | {"SpectrumMonitor"})

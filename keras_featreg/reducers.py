@@ -32,9 +32,9 @@ Example:
 import keras
 from keras import ops
 
-from keras_featreg import _parts
+from keras_featreg import _parts, _utils
+from keras_featreg.ops.masked import masked_mean
 
-_PACKAGE = "keras_featreg"
 
 __all__ = ["AvgNonZeroReducer", "MeanReducer", "PerAnchorMeanReducer", "Reducer", "SumReducer",
            "get"]
@@ -74,21 +74,20 @@ class Reducer(_parts.Part):
 
 
 
-@keras.saving.register_keras_serializable(package=_PACKAGE)
+@keras.saving.register_keras_serializable(package=_utils.PACKAGE)
 class MeanReducer(Reducer):
     """Mean over the existing terms: ``sum(losses * mask) / max(sum(mask), 1)``."""
 
     name = "mean"
 
     def __call__(self, losses, mask=None):
-        losses, weights = _weights(losses, mask)
-        return ops.sum(losses * weights) / ops.maximum(ops.sum(weights), 1.0)
+        return masked_mean(losses, True if mask is None else mask)
 
     def from_sums(self, total, num_terms, num_active):
         return total / ops.maximum(num_terms, 1.0)
 
 
-@keras.saving.register_keras_serializable(package=_PACKAGE)
+@keras.saving.register_keras_serializable(package=_utils.PACKAGE)
 class AvgNonZeroReducer(Reducer):
     """Mean over the existing terms that are > 0 (pytorch-metric-learning's AvgNonZeroReducer)."""
 
@@ -103,7 +102,7 @@ class AvgNonZeroReducer(Reducer):
         return total / ops.maximum(num_active, 1.0)
 
 
-@keras.saving.register_keras_serializable(package=_PACKAGE)
+@keras.saving.register_keras_serializable(package=_utils.PACKAGE)
 class SumReducer(Reducer):
     """Sum of the existing terms."""
 
@@ -117,7 +116,7 @@ class SumReducer(Reducer):
         return total
 
 
-@keras.saving.register_keras_serializable(package=_PACKAGE)
+@keras.saving.register_keras_serializable(package=_utils.PACKAGE)
 class PerAnchorMeanReducer(Reducer):
     """Mean of each anchor's terms, then mean over anchors that have a term.
 

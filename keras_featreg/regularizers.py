@@ -28,7 +28,6 @@ from keras_featreg import _utils
 from keras_featreg import backend as _backend
 from keras_featreg.ops import moments, spectral
 
-_PACKAGE = "keras_featreg"
 
 
 class FeatureRegularizer(keras.regularizers.Regularizer):
@@ -50,7 +49,7 @@ class FeatureRegularizer(keras.regularizers.Regularizer):
         self.feature_reduction = _utils.check_choice(
             "feature_reduction", feature_reduction, spectral.FEATURE_REDUCTIONS
         )
-        self.cross_replica = bool(cross_replica)
+        self.cross_replica = _utils.check_bool("cross_replica", cross_replica)
 
     def _prepare(self, x):
         x = _utils.as_float_tensor(x, name="x", min_rank=2)
@@ -83,7 +82,7 @@ class FeatureRegularizer(keras.regularizers.Regularizer):
         return {"feature_reduction": self.feature_reduction, "cross_replica": self.cross_replica}
 
 
-@keras.saving.register_keras_serializable(package=_PACKAGE)
+@keras.saving.register_keras_serializable(package=_utils.PACKAGE)
 class SVMax(FeatureRegularizer):
     """Singular value maximization (Taha et al., "SVMax", 2021).
 
@@ -176,7 +175,7 @@ class SVMax(FeatureRegularizer):
         }
 
 
-@keras.saving.register_keras_serializable(package=_PACKAGE)
+@keras.saving.register_keras_serializable(package=_utils.PACKAGE)
 class VICReg(FeatureRegularizer):
     """VICReg's single-view terms: variance and covariance (Bardes et al., ICLR 2022).
 
@@ -264,7 +263,7 @@ class VICReg(FeatureRegularizer):
         }
 
 
-@keras.saving.register_keras_serializable(package=_PACKAGE)
+@keras.saving.register_keras_serializable(package=_utils.PACKAGE)
 class SpreadOut(FeatureRegularizer):
     """Spread-out / global orthogonal regularization (Zhang et al., ICCV 2017), label-free.
 

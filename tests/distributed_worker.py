@@ -38,8 +38,8 @@ import numpy as np  # noqa: E402
 
 from keras_featreg import backend as kf_backend  # noqa: E402
 from keras_featreg.layers import EmbeddingRegularization  # noqa: E402
-from keras_featreg import losses_ranking as lr  # noqa: E402
-from keras_featreg.losses_vicreg import VICRegLoss  # noqa: E402
+from keras_featreg import losses as lr  # noqa: E402
+from keras_featreg.losses import VICRegLoss  # noqa: E402
 from keras_featreg.regularizers import SVMax, SpreadOut, VICReg  # noqa: E402
 
 from _helpers import ref_covariance, ref_spread_out, ref_svmax, ref_variance  # noqa: E402
@@ -58,7 +58,7 @@ LABELS = RNG.permutation(np.repeat(np.arange(12), 4)).astype("int32")
 
 def ranking_losses(cross_replica):
     return {
-        "triplet": lr.TripletLoss(mining="semi-hard", cross_replica=cross_replica),
+        "triplet": lr.TripletLoss(mining="semi_hard", cross_replica=cross_replica),
         "triplet_hard": lr.TripletLoss(mining="hard", cross_replica=cross_replica),
         "contrastive": lr.ContrastiveLoss(cross_replica=cross_replica),
         "npair": lr.NPairLoss(l2_reg=0.002, cross_replica=cross_replica),

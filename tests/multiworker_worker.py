@@ -34,7 +34,7 @@ else:
 
 import keras  # noqa: E402
 
-from keras_featreg.losses_ranking import TripletLoss  # noqa: E402
+from keras_featreg.losses import TripletLoss  # noqa: E402
 from keras_featreg.regularizers import SVMax  # noqa: E402
 
 
@@ -63,7 +63,7 @@ def build_model():
     model = keras.Model(inputs, outputs)
     model.set_weights(initial_weights())
     model.compile(optimizer=keras.optimizers.SGD(0.5),
-                  loss=TripletLoss(margin=0.2, mining="semi-hard", cross_replica=True))
+                  loss=TripletLoss(margin=0.2, mining="semi_hard", cross_replica=True))
     return model
 
 

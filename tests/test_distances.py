@@ -1,4 +1,4 @@
-"""Tests of keras_featreg.ops.distances against float64 numpy loops."""
+"""Tests of keras_featreg.ops.pairwise against float64 numpy loops."""
 
 import numpy as np
 import pytest
@@ -6,7 +6,7 @@ import pytest
 import keras
 from keras import ops
 
-from keras_featreg.ops import distances
+from keras_featreg.ops import pairwise as distances
 from _helpers import value_and_grad as _value_and_grad
 
 

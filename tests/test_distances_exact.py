@@ -13,7 +13,7 @@ import pytest
 from keras import ops
 
 from keras_featreg import evaluation
-from keras_featreg.ops import distances
+from keras_featreg.ops import pairwise as distances
 from _helpers import jit, value_and_grad
 
 METRICS = ["euclidean", "squared_euclidean", "cosine"]

@@ -22,7 +22,7 @@ def _distances(x, metric="euclidean"):
     x = np.asarray(x, np.float64)
     if metric == "cosine":
         x = x / np.linalg.norm(x, axis=1, keepdims=True)
-    if metric == "inner_product":
+    if metric == "dot_product":
         d = -(x @ x.T)
     else:
         d = np.sqrt(((x[:, None, :] - x[None, :, :]) ** 2).sum(-1))
@@ -125,7 +125,7 @@ def test_recall_ties_are_pessimistic_and_singletons_miss():
 
 def test_recall_metrics(rng):
     x, y = _random_case(rng, 70, 5, 4)
-    for metric in ("cosine", "inner_product"):
+    for metric in ("cosine", "dot_product"):
         expected = reference_recall(x, y, (1, 4), metric=metric)
         assert recall_at_k(x, y, (1, 4), metric=metric) == pytest.approx(expected)
     unit = x / np.linalg.norm(x, axis=1, keepdims=True)
@@ -208,7 +208,7 @@ def test_map_at_r_poor_embeddings_use_partial_sort(rng):
 
 def test_map_at_r_metrics(rng):
     x, y = _random_case(rng, 60, 5, 4)
-    for metric in ("cosine", "inner_product"):
+    for metric in ("cosine", "dot_product"):
         assert map_at_r(x, y, metric=metric) == pytest.approx(
             reference_map_at_r(x, y, metric=metric), abs=1e-12
         )

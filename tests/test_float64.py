@@ -394,7 +394,7 @@ def _distance_gradient(x, dist, w):
     return coef.sum(1, keepdims=True) * x - coef @ x
 
 
-def ref_triplet(labels, x, margin=0.2, mining="semi-hard", soft=False):
+def ref_triplet(labels, x, margin=0.2, mining="semi_hard", soft=False):
     """Value and gradient of the triplet loss (mining as ``test_losses_ranking.ref_triplet``)."""
     labels = np.asarray(labels)
     dist = _distances(x)

@@ -15,7 +15,7 @@ import pytest
 import keras
 from keras import ops
 
-from keras_featreg import losses_ranking as lr
+from keras_featreg import losses as lr
 from _helpers import value_and_grad as _value_and_grad
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "tfa_parity.npz")
@@ -55,7 +55,7 @@ def _ref_dist(u, v, metric):
     return max(0.0, 1.0 - float(np.sum(nu * nv)))
 
 
-def ref_triplet(labels, x, margin=0.2, mining="semi-hard", soft=False, distance="euclidean"):
+def ref_triplet(labels, x, margin=0.2, mining="semi_hard", soft=False, distance="euclidean"):
     b = len(labels)
     d = [[_ref_dist(x[i], x[j], distance) for j in range(b)] for i in range(b)]
 
@@ -489,7 +489,7 @@ def test_large_integer_labels_are_not_rounded():
 
 
 def test_triplet_loss_accepts_a_custom_miner():
-    from keras_featreg import mining
+    from keras_featreg.miners import _triplets as mining
 
     labels, x = _batch(lr.TripletLoss, np.random.default_rng(12))
     assert float(_np(lr.triplet_loss(labels, x, mining=mining.batch_hard))) == pytest.approx(

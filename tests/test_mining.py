@@ -6,7 +6,10 @@ import pytest
 import keras
 from keras import ops
 
-from keras_featreg import mining
+from keras_featreg.miners import _triplets as mining
+from keras_featreg.ops import labels as labels_ops
+from keras_featreg.ops import masked
+from keras_featreg.losses import _npair
 from _helpers import value_and_grad as _value_and_grad
 
 
@@ -32,8 +35,8 @@ LABEL_SETS = {
 def test_pair_and_triplet_masks_match_loops(name):
     labels = LABEL_SETS[name]
     b = len(labels)
-    positive, negative = (_np(m) for m in mining.pair_masks(labels))
-    triplets = _np(mining.triplet_mask(labels))
+    positive, negative = (_np(m) for m in labels_ops.pair_masks(labels))
+    triplets = _np(labels_ops.triplet_mask(labels))
     for i in range(b):
         for j in range(b):
             assert positive[i, j] == (i != j and labels[i] == labels[j])
@@ -46,11 +49,11 @@ def test_pair_and_triplet_masks_match_loops(name):
 
 def test_labels_column_vector_is_accepted_and_matrix_rejected():
     labels = np.array([0, 0, 1])
-    pos_a, _ = mining.pair_masks(labels)
-    pos_b, _ = mining.pair_masks(labels[:, None])
+    pos_a, _ = labels_ops.pair_masks(labels)
+    pos_b, _ = labels_ops.pair_masks(labels[:, None])
     np.testing.assert_array_equal(_np(pos_a), _np(pos_b))
     with pytest.raises(ValueError, match=r"y_true.shape=\(3, 2\)"):
-        mining.labels_vector(np.zeros((3, 2)))
+        labels_ops.check_labels(np.zeros((3, 2)))
 
 
 @pytest.mark.parametrize("name", sorted(LABEL_SETS))
@@ -122,24 +125,28 @@ def test_batch_all_matches_loops():
 
 
 def test_get_miner():
-    assert mining.get_miner("hard") is mining.batch_hard
-    assert mining.get_miner("semi-hard") is mining.batch_semi_hard
-    assert mining.get_miner("all") is mining.batch_all
-    with pytest.raises(ValueError, match="mining='semihard'"):
-        mining.get_miner("semihard")
+    from keras_featreg import miners
+
+    assert isinstance(miners.get("hard"), miners.BatchHardMiner)
+    assert isinstance(miners.get("semi_hard"), miners.SemiHardMiner)
+    assert isinstance(miners.get("semi-hard"), miners.SemiHardMiner)  # earlier spelling
+    assert isinstance(miners.get("all"), miners.BatchAllMiner)
+    assert miners.get(mining.batch_semi_hard) == miners.SemiHardMiner()
+    with pytest.raises(ValueError, match="miner='semihard'"):
+        miners.get("semihard")
 
 
 def test_masked_reductions_values_and_empty_rows():
     x = np.array([[3.0, -1.0, 2.0], [1.0, 5.0, 4.0], [7.0, 8.0, 9.0]], "float32")
     mask = np.array([[True, False, True], [False, True, True], [False, False, False]])
-    mins, has = mining.masked_min(x, mask, axis=1)
-    maxs, _ = mining.masked_max(x, mask, axis=1)
+    mins, has = masked.masked_min(x, mask, axis=1)
+    maxs, _ = masked.masked_max(x, mask, axis=1)
     np.testing.assert_allclose(_np(mins), [2.0, 4.0, 0.0])
     np.testing.assert_allclose(_np(maxs), [3.0, 5.0, 0.0])
     np.testing.assert_array_equal(_np(has), [True, True, False])
-    lse = _np(mining.masked_logsumexp(x, mask, axis=1))
+    lse = _np(masked.masked_logsumexp(x, mask, axis=1))
     np.testing.assert_allclose(lse, [np.log(np.exp(3) + np.exp(2)), np.log(np.exp(5) + np.exp(4)), 0.0], rtol=1e-6)
-    lse0 = _np(mining.masked_logsumexp(x, mask, axis=1, include_zero=True))
+    lse0 = _np(masked.masked_logsumexp(x, mask, axis=1, include_zero=True))
     np.testing.assert_allclose(
         lse0,
         [np.log1p(np.exp(3) + np.exp(2)), np.log1p(np.exp(5) + np.exp(4)), 0.0],
@@ -155,10 +162,10 @@ def test_masked_reductions_have_finite_gradients_with_empty_rows_and_huge_values
 
     def total(t):
         return (
-            ops.sum(mining.masked_min(t, mask, axis=1)[0])
-            + ops.sum(mining.masked_max(t, mask, axis=1)[0])
-            + ops.sum(mining.masked_logsumexp(t, mask, axis=1))
-            + ops.sum(mining.masked_logsumexp(t, mask, axis=1, include_zero=True))
+            ops.sum(masked.masked_min(t, mask, axis=1)[0])
+            + ops.sum(masked.masked_max(t, mask, axis=1)[0])
+            + ops.sum(masked.masked_logsumexp(t, mask, axis=1))
+            + ops.sum(masked.masked_logsumexp(t, mask, axis=1, include_zero=True))
         )
 
     value, grad = _value_and_grad(total, x)
@@ -184,7 +191,7 @@ def test_masked_reductions_have_finite_gradients_with_empty_rows_and_huge_values
 )
 def test_npair_layout(labels, anchors, positives, pairs):
     labels = np.array(labels)
-    layout = mining.npair_layout(labels)
+    layout = _npair.npair_layout(labels)
     b = len(labels)
     assert np.flatnonzero(_np(layout.anchors)).tolist() == anchors
     assert np.flatnonzero(_np(layout.positives)).tolist() == positives
@@ -196,16 +203,16 @@ def test_npair_layout(labels, anchors, positives, pairs):
 
 def test_npair_negatives():
     labels = np.array([4, 9, 4, 5, 4, 5])
-    layout = mining.npair_layout(labels)
-    neg_pos = _np(mining.npair_negatives(labels, layout, "positives"))
-    neg_all = _np(mining.npair_negatives(labels, layout, "all"))
+    layout = _npair.npair_layout(labels)
+    neg_pos = _np(_npair.npair_negatives(labels, layout, "positives"))
+    neg_all = _np(_npair.npair_negatives(labels, layout, "all"))
     role_positive = [False, False, True, False, False, True]
     for i in range(6):
         for j in range(6):
             assert neg_all[i, j] == (labels[i] != labels[j])
             assert neg_pos[i, j] == (labels[i] != labels[j] and role_positive[j])
     with pytest.raises(ValueError, match="negatives='some'"):
-        mining.npair_negatives(labels, layout, "some")
+        _npair.npair_negatives(labels, layout, "some")
 
 
 def test_miners_work_under_jit():
@@ -241,7 +248,7 @@ def test_miners_work_under_jit():
 # so hinge terms are exactly 0 at ties) and degenerate batches; values and gradients with
 # respect to the distance matrix; with and without XLA, on the active backend.
 
-from keras_featreg import losses_ranking as lr  # noqa: E402
+from keras_featreg import losses as lr  # noqa: E402
 
 
 def _value_and_grad_jit(fn, x, jit):
@@ -274,7 +281,7 @@ def _hinge_or_soft(mined, margin, soft):
     mask = mined.mask
     if mined.average_over_active:
         mask = ops.logical_and(mask, ops.greater(losses, 0.0))
-    return lr._masked_mean(losses, mask)
+    return masked.masked_mean(losses, mask)
 
 
 def _loss(kind, labels, margin=0.25, soft=False):
@@ -285,7 +292,7 @@ def _loss(kind, labels, margin=0.25, soft=False):
         if kind == "semi_cubic":
             return _hinge_or_soft(mining._batch_semi_hard_cubic(d, labels), margin, soft)
         if kind == "all_sorted":
-            return lr._batch_all_loss(d, labels, margin, soft)
+            return __import__('keras_featreg.losses._triplet', fromlist=['x'])._batch_all_loss(d, labels, margin, soft, masks=labels_ops.pair_masks(labels))
         return _hinge_or_soft(mining.batch_all(d, labels), margin, soft)  # "all_cubic"
     return fn
 
@@ -393,7 +400,7 @@ def test_sorted_triplet_loss_equals_cubic_through_embeddings(distance, jit):
 
     for name, (labels, x) in batches.items():
         for soft in (False, True):
-            for new_mining, old_mining in (("semi-hard", cubic_semi), ("all", cubic_all)):
+            for new_mining, old_mining in (("semi_hard", cubic_semi), ("all", cubic_all)):
                 kwargs = dict(margin=0.25, soft=soft, distance=distance)
                 new = _value_and_grad_jit(
                     lambda t: lr.triplet_loss(labels, t, mining=new_mining, **kwargs), x, jit)
@@ -470,7 +477,7 @@ def test_b1800_forward_and_backward_run():
     labels = np.repeat(np.arange(450), 4)
     x = rng.normal(size=(1800, 16)).astype("float32")
     x /= np.linalg.norm(x, axis=1, keepdims=True)
-    for kind in ("semi-hard", "all"):
+    for kind in ("semi_hard", "all"):
         value, grad = _value_and_grad_jit(lambda t: lr.triplet_loss(labels, t, mining=kind), x, False)
         assert np.isfinite(value) and np.all(np.isfinite(grad)) and np.any(grad != 0.0), kind
     x64 = x.astype(np.float64)

@@ -62,7 +62,7 @@ def _scalar_cases():
     cases["spread_out_call"] = SpreadOut()
     cases["spread_out_penalty"] = SpreadOut().penalty
     cases["spread_out_unnormalized_penalty"] = SpreadOut(normalize=False).penalty
-    for mining in ("semi-hard", "hard", "all"):
+    for mining in ("semi_hard", "hard", "all"):
         for soft in (False, True):
             loss = losses.TripletLoss(mining=mining, soft=soft)
             cases[f"triplet_{mining}_{'soft' if soft else 'hinge'}"] = (

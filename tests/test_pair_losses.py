@@ -18,7 +18,7 @@ from _helpers import value_and_grad as _value_and_grad
 
 from keras_featreg import losses as L
 from keras_featreg import distances, miners
-from keras_featreg.ops.distances import l2_normalize
+from keras_featreg.ops.pairwise import l2_normalize
 
 HERE = os.path.dirname(__file__)
 PML_FILE = os.path.join(HERE, "fixtures", "pml_parity.npz")
@@ -453,7 +453,7 @@ class _Unbounded(distances.Distance):
     is_inverted = True
 
     def pairwise(self, x, y=None):
-        from keras_featreg.ops.distances import pairwise_dot
+        from keras_featreg.ops.pairwise import pairwise_dot
         return pairwise_dot(x, y)
 
 

@@ -12,7 +12,8 @@ import keras
 import numpy as np
 import pytest
 
-from keras_featreg import distances, losses, miners, mining, reducers
+from keras_featreg import distances, losses, miners, reducers
+from keras_featreg.miners import _triplets as mining
 from tests._helpers import value_and_grad
 
 
@@ -168,7 +169,7 @@ def test_pair_margin_miner(rng):
 
 
 def test_miner_get_and_errors():
-    assert isinstance(miners.get("semi-hard"), miners.SemiHardMiner)
+    assert isinstance(miners.get("semi_hard"), miners.SemiHardMiner)
     assert isinstance(miners.get(mining.batch_all), miners.BatchAllMiner)
     with pytest.raises(ValueError, match="Received: miner='hardest'"):
         miners.get("hardest")
@@ -310,7 +311,7 @@ def test_the_evaluation_accepts_the_distance_objects(rng):
     labels, x = _batch(rng, p=8, l=4, d=5)
     for name, metric in (("euclidean", "euclidean"), ("squared_euclidean", "euclidean"),
                          ("cosine", "cosine"), ("cosine_similarity", "cosine"),
-                         ("dot_product", "inner_product")):
+                         ("dot_product", "dot_product")):
         got = recall_at_k(x, labels, ks=(1, 4), metric=distances.get(name))
         assert got == recall_at_k(x, labels, ks=(1, 4), metric=metric), name
     assert map_at_r(x, labels, metric=distances.CosineSimilarity()) == map_at_r(x, labels,
@@ -324,7 +325,7 @@ class _NearestNegativeMiner(miners.Miner):
         import keras.ops as ops
 
         d = distance.as_distance(matrix)
-        closest, _ = mining.masked_min(d, negative, axis=1)
+        closest, _ = masked.masked_min(d, negative, axis=1)
         keep = ops.logical_and(negative, ops.equal(d, ops.expand_dims(closest, 1)))
         return miners.MinedPairs(positive, keep)
 

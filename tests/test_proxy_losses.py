@@ -289,7 +289,7 @@ def test_nonfinite_input_and_bad_label_give_nan(cls_name):
         p_bad = p.copy()
         p_bad[0, 0] = bad
         assert np.isnan(to_np(fn(labels, e, p_bad)))
-    cos = to_np(keras_featreg.ops.distances.cosine_similarity_matrix(e, p))
+    cos = to_np(keras_featreg.ops.pairwise.cosine_similarity_matrix(e, p))
     cos_bad = cos.copy()
     cos_bad[0, 0] = np.nan
     loss = cls(num_classes=3, embedding_size=3)

@@ -10,7 +10,7 @@ from keras import ops
 
 from keras_featreg import losses, reducers
 from keras_featreg.layers import EmbeddingMemory
-from keras_featreg.ops.distances import l2_normalize
+from keras_featreg.ops.pairwise import l2_normalize
 from tests._helpers import jit, numeric_grad, to_np, value_and_grad
 
 BACKEND = keras.backend.backend()
@@ -240,7 +240,7 @@ def test_xbm_contrastive_fixture_documented_difference():
 @pytest.mark.parametrize("inner", [
     lambda: losses.ContrastiveLoss(), lambda: losses.ContrastiveLoss(power=2, reducer="mean_nonzero"),
     lambda: losses.TripletLoss(mining="all"), lambda: losses.TripletLoss(mining="hard"),
-    lambda: losses.TripletLoss(mining="semi-hard"), lambda: losses.TripletLoss(mining="all", soft=True),
+    lambda: losses.TripletLoss(mining="semi_hard"), lambda: losses.TripletLoss(mining="all", soft=True),
     lambda: losses.ContrastiveLoss(miner="pair_margin"),
 ])
 def test_xbm_first_step_equals_wrapped_loss(rng, inner):

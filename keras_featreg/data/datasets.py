@@ -6,7 +6,6 @@ Labels keep their original class ids.
 """
 
 import gzip
-import numbers
 import os
 
 import numpy as np
@@ -243,14 +242,13 @@ def load_tfds_split(name, image_size=(224, 224), data_dir=None, download=True,
     Example:
     >>> (x_tr, y_tr), (x_te, y_te) = load_tfds_split("cars196", (128, 128))  # doctest: +SKIP
     """
-    from keras_featreg._utils import check_choice
+    from keras_featreg._utils import check_choice, check_int  # noqa: F401
 
     check_choice("name", name, tuple(_TFDS_DATASETS))
     if (
         not isinstance(image_size, (tuple, list))
         or len(image_size) != 2
-        or any(isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 1
-               for s in image_size)
+        or not all(_is_positive_int(s) for s in image_size)
     ):
         raise ValueError(
             "`image_size` must be a (height, width) pair of positive integers. "
@@ -285,3 +283,13 @@ def load_tfds_split(name, image_size=(224, 224), data_dir=None, download=True,
     if as_dataset:
         return train, test
     return _dataset_to_numpy(train, image_size), _dataset_to_numpy(test, image_size)
+
+
+def _is_positive_int(value):
+    from keras_featreg._utils import check_int
+
+    try:
+        check_int("image_size", value)
+    except ValueError:
+        return False
+    return True

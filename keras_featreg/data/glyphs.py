@@ -21,6 +21,8 @@ import os
 
 import numpy as np
 
+from keras_featreg._utils import check_int
+
 __all__ = ["GLYPH_FONTS", "GLYPH_FONT_PACKAGES", "available_glyph_fonts", "load_glyphs_split"]
 
 # name -> (Debian package, font file, face index in a .ttc collection, style). The order is
@@ -127,11 +129,6 @@ def _resolve_fonts(fonts, min_fonts):
     if len({(p, i) for _, p, i in resolved}) != len(resolved):
         raise ValueError(f"`fonts` lists a font twice. Received: fonts={fonts!r}")
     return resolved
-
-
-def _check_positive_int(name, value, minimum=1):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"`{name}` must be an integer >= {minimum}. Received: {name}={value!r}")
 
 
 def _import_pillow():
@@ -339,17 +336,17 @@ def load_glyphs_split(num_classes=400, train_classes=200, image_size=32, samples
     >>> x_tr.shape, len(set(y_tr)), len(set(y_te))  # doctest: +SKIP
     ((6800, 32, 32, 1), 200, 200)
     """
-    _check_positive_int("num_classes", num_classes, 2)
-    _check_positive_int("train_classes", train_classes)
+    check_int("num_classes", num_classes, 2)
+    check_int("train_classes", train_classes)
     if train_classes >= num_classes:
         raise ValueError(
             "`train_classes` must be smaller than `num_classes` (the rest are the test "
             f"classes). Received: train_classes={train_classes}, num_classes={num_classes}"
         )
-    _check_positive_int("image_size", image_size, 8)
-    _check_positive_int("samples_per_font", samples_per_font)
-    _check_positive_int("min_fonts", min_fonts)
-    _check_positive_int("seed", seed, 0)
+    check_int("image_size", image_size, 8)
+    check_int("samples_per_font", samples_per_font)
+    check_int("min_fonts", min_fonts)
+    check_int("seed", seed, 0)
     fonts = _resolve_fonts(fonts, min_fonts)
     num_classes, image_size, samples_per_font, augment, seed = (
         int(num_classes), int(image_size), int(samples_per_font), bool(augment), int(seed))

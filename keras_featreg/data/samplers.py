@@ -9,11 +9,11 @@ splits arrays into training classes and disjoint test classes.
 """
 
 import itertools
-import numbers
 
 import numpy as np
 
-from keras_featreg._utils import class_id_vector
+from keras_featreg._utils import check_int
+from keras_featreg.ops.labels import check_labels
 
 __all__ = ["class_balanced_dataset", "split_by_class"]
 
@@ -21,18 +21,10 @@ __all__ = ["class_balanced_dataset", "split_by_class"]
 # --------------------------------------------------------------------------- #
 # Validation helpers
 # --------------------------------------------------------------------------- #
-def _check_int(name, value, minimum=1):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(
-            f"`{name}` must be an integer >= {minimum}. Received: {name}={value!r}"
-        )
-    return int(value)
-
-
 def _check_seed(seed):
     if seed is None:
         return None
-    return _check_int("seed", seed, minimum=0)
+    return check_int("seed", seed, minimum=0)
 
 
 def _leaves(x):
@@ -46,7 +38,7 @@ def _check_arrays(x, y):
     import tensorflow as tf
 
     x = tf.nest.map_structure(np.asarray, x)
-    y = class_id_vector(y, "y")
+    y = np.asarray(check_labels(np.asarray(y), name="y"))
     for leaf in _leaves(x):
         if leaf.ndim == 0 or leaf.shape[0] != y.shape[0]:
             raise ValueError(
@@ -237,8 +229,8 @@ def class_balanced_dataset(
     """
     import tensorflow as tf
 
-    p = _check_int("classes_per_batch", classes_per_batch)
-    l = _check_int("samples_per_class", samples_per_class)
+    p = check_int("classes_per_batch", classes_per_batch)
+    l = check_int("samples_per_class", samples_per_class)
     seed = _check_seed(seed)
     if isinstance(x, tf.data.Dataset):
         if y is not None:
@@ -269,7 +261,7 @@ def class_balanced_dataset(
 
     dataset = tf.data.Dataset.from_generator(generate, output_signature=signature)
     if prefetch:
-        dataset = dataset.prefetch(_check_int("prefetch", prefetch, minimum=0))
+        dataset = dataset.prefetch(check_int("prefetch", prefetch, minimum=0))
     return dataset
 
 

@@ -11,8 +11,10 @@ Conventions shared by `recall_at_k` and `map_at_r`:
 * Distances: ``metric="euclidean"`` (default; ranks by squared Euclidean distance,
   which gives the same ranking as Euclidean), ``"cosine"`` (rows L2-normalized
   first; for L2-normalized embeddings this is the same ranking as Euclidean) or
-  ``"inner_product"`` (larger dot product = closer).
-* Distances use the algorithm of :func:`keras_featreg.ops.distances.squared_euclidean_matrix`
+  ``"dot_product"`` (larger dot product = closer); any name of the one table
+  :data:`keras_featreg.distances.NAMES`, or a distance object, ranks as its
+  ``evaluation_metric``.
+* Distances use the algorithm of :func:`keras_featreg.ops.pairwise.squared_euclidean_matrix`
   (centred expansion; entries within its rounding bound are exactly 0), so duplicates
   are at distance exactly 0 on every CPU and tie with each other; the exact recomputation
   of near pairs is left out here (it changes only the order of pairs closer than the
@@ -34,8 +36,8 @@ Layout (private modules; import from ``keras_featreg.evaluation``):
 * ``_extract``: `embed` (a model over arrays, datasets or batch iterables).
 * ``_report``: `evaluate_retrieval` (all metrics in one dict).
 
-The Keras callback `RetrievalEvaluation` lives in :mod:`keras_featreg.callbacks` and stays
-importable from here.
+The Keras callback that runs them each epoch is
+:class:`keras_featreg.callbacks.RetrievalEvaluation`.
 """
 
 from keras_featreg.evaluation._clustering import nmi
@@ -50,19 +52,4 @@ __all__ = [
     "nmi",
     "embed",
     "evaluate_retrieval",
-    "RetrievalEvaluation",
 ]
-
-
-def __getattr__(name):
-    # RetrievalEvaluation moved to keras_featreg.callbacks, which imports this package:
-    # resolved on first use (not at import) so that neither imports the other while loading.
-    if name == "RetrievalEvaluation":
-        from keras_featreg.callbacks import RetrievalEvaluation
-
-        return RetrievalEvaluation
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | {"RetrievalEvaluation"})

@@ -6,25 +6,22 @@ import os
 import keras
 import numpy as np
 
-from keras_featreg._utils import class_id_vector
+from keras_featreg import distances as distances_lib
+from keras_featreg._utils import check_int
+from keras_featreg.ops.labels import check_labels
 
-_METRICS = ("euclidean", "cosine", "inner_product")
 
-
-def _metric_name(metric):
-    """A metric name, or a :mod:`keras_featreg.distances` object mapped to the metric
-    that ranks neighbours the same way (its ``evaluation_metric``): the losses' distance
-    objects serve the evaluation too."""
-    from keras_featreg.distances import Distance
-
-    if isinstance(metric, Distance):
-        if metric.evaluation_metric is None:
-            raise ValueError(
-                f"`metric` {metric!r} has no equivalent ranking in the evaluation. "
-                f"Expected one of {list(_METRICS)} or a built-in distance. Received: metric={metric!r}"
-            )
-        return metric.evaluation_metric
-    return metric
+def ranking_of(metric):
+    """The ranking of a :mod:`keras_featreg.distances` name or object (its
+    ``evaluation_metric``: ``"euclidean"``, ``"cosine"`` or ``"dot_product"``): the
+    losses' distances and their one table of names serve the evaluation too."""
+    distance = distances_lib.get(metric, arg="metric")
+    if distance is None or distance.evaluation_metric is None:
+        raise ValueError(
+            f"`metric` must be one of {list(distances_lib.NAMES)} or a distance with an "
+            f"equivalent ranking. Received: metric={metric!r}"
+        )
+    return distance.evaluation_metric
 
 
 # --------------------------------------------------------------------------- #
@@ -56,9 +53,12 @@ def _check_embeddings(embeddings, name="embeddings"):
     return embeddings
 
 
-def _check_labels(labels, num_samples, name="labels"):
-    """Returns `labels` as a 1-D NumPy array of length `num_samples`."""
-    labels = class_id_vector(labels, name)
+def check_label_array(labels, num_samples, name="labels"):
+    """Returns `labels` as a 1-D NumPy array of length `num_samples`
+    (:func:`keras_featreg.ops.labels.check_labels`: integer-valued, one per sample)."""
+    if not isinstance(labels, np.ndarray) and hasattr(labels, "shape"):
+        labels = keras.ops.convert_to_numpy(labels)  # a backend tensor
+    labels = np.asarray(check_labels(np.asarray(labels), name=name))
     if labels.shape[0] != num_samples:
         raise ValueError(
             f"`embeddings` and `{name}` must have the same length. Received: "
@@ -67,7 +67,7 @@ def _check_labels(labels, num_samples, name="labels"):
     return labels
 
 
-def _check_ks(ks, num_samples):
+def check_ks(ks, num_samples):
     """Returns `ks` as a sorted tuple of distinct ints in [1, num_samples - 1]."""
     if isinstance(ks, numbers.Integral):
         ks = (ks,)
@@ -87,14 +87,8 @@ def _check_ks(ks, num_samples):
     return tuple(sorted(set(int(k) for k in ks)))
 
 
-def _check_positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
-    return int(value)
-
-
 def _check_chunk_size(chunk_size):
-    return _check_positive_int("chunk_size", chunk_size)
+    return check_int("chunk_size", chunk_size)
 
 
 def _num_threads(num_threads):
@@ -104,4 +98,4 @@ def _num_threads(num_threads):
         except AttributeError:  # not on Linux
             cpus = os.cpu_count() or 1
         return max(1, min(cpus, 8))
-    return _check_positive_int("num_threads", num_threads)
+    return check_int("num_threads", num_threads)

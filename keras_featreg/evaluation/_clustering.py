@@ -3,7 +3,7 @@
 import numpy as np
 
 from keras_featreg._utils import check_choice
-from keras_featreg.evaluation._checks import _check_embeddings, _check_labels
+from keras_featreg.evaluation._checks import _check_embeddings, check_label_array
 
 
 # --------------------------------------------------------------------------- #
@@ -38,7 +38,7 @@ def nmi(embeddings, labels, seed=0, average_method="geometric", n_init="auto"):
 
     check_choice("average_method", average_method, ("geometric", "arithmetic", "min", "max"))
     x = _check_embeddings(embeddings)
-    labels = _check_labels(labels, x.shape[0])
+    labels = check_label_array(labels, x.shape[0])
     num_classes = np.unique(labels).size
     if num_classes < 2:
         raise ValueError(

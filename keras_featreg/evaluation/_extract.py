@@ -5,13 +5,13 @@ import math
 import keras
 import numpy as np
 
-from keras_featreg.evaluation._checks import _check_positive_int
+from keras_featreg._utils import check_int
 
 
 # --------------------------------------------------------------------------- #
 # Embedding extraction
 # --------------------------------------------------------------------------- #
-def _is_tf_dataset(data):
+def is_tf_dataset(data):
     try:
         import tensorflow as tf
     except ImportError:  # pragma: no cover - tensorflow is a hard dependency
@@ -43,7 +43,7 @@ def _array_batches(x, y, batch_size):
 
 def _batches(data, batch_size):
     """(iterator over (x, y) batches, number of batches or None)."""
-    if _is_tf_dataset(data):
+    if is_tf_dataset(data):
         import tensorflow as tf
 
         cardinality = int(data.cardinality())
@@ -101,7 +101,7 @@ def embed(model, data, batch_size=256, verbose=1):
     >>> emb.shape, lab.shape
     ((10, 2), (10,))
     """
-    batch_size = _check_positive_int("batch_size", batch_size)
+    batch_size = check_int("batch_size", batch_size)
     predict = _predictor(model)
     batches, total = _batches(data, batch_size)
     progbar = keras.utils.Progbar(total, verbose=1 if verbose else 0, unit_name="batch")

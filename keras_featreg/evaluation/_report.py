@@ -32,7 +32,7 @@ def evaluate_retrieval(
         ks: the K values of Recall@K.
         nmi: also compute NMI (geometric averaging, see `nmi`).
         map_at_r: also compute MAP@R.
-        metric: "euclidean", "cosine" or "inner_product" (Recall@K and MAP@R; NMI
+        metric: a :mod:`keras_featreg.distances` name or object ("euclidean", "cosine", "dot_product", ...) (Recall@K and MAP@R; NMI
             always clusters the embeddings as given).
         seed: K-means seed for NMI.
         chunk_size: block size of the chunked computations.

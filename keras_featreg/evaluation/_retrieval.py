@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from keras_featreg.evaluation._checks import _check_chunk_size, _check_ks, _num_threads
+from keras_featreg.evaluation._checks import _check_chunk_size, check_ks, _num_threads
 from keras_featreg.evaluation._tiling import _Prepared, _run_blocks, _tiles
 
 _MAP_ELEMENTS = 2**25  # rows × n of one MAP@R chunk: 128 MiB in float32.
@@ -126,7 +126,7 @@ def recall_at_k(
         ks: an int or an iterable of ints, each in [1, n - 1].
         chunk_size: edge of the square distance blocks (>= 1). Results do not depend
             on it (up to floating-point ties).
-        metric: "euclidean" (default), "cosine" or "inner_product".
+        metric: a :mod:`keras_featreg.distances` name or object (default "euclidean"): "euclidean"/"squared_euclidean" rank by Euclidean distance, "cosine"/"cosine_similarity" by cosine, "dot_product" by inner product.
         num_threads: worker threads (default: number of CPUs, at most 8).
 
     Returns:
@@ -142,7 +142,7 @@ def recall_at_k(
     chunk_size = _check_chunk_size(chunk_size)
     num_threads = _num_threads(num_threads)
     prep = _Prepared(embeddings, labels, metric)
-    ks = _check_ks(ks, prep.n)
+    ks = check_ks(ks, prep.n)
     tiles = _tiles(prep, chunk_size)
     thresholds, negatives = _within_segments(prep, tiles, num_threads)
     negatives += _across_segments(prep, tiles, thresholds, num_threads)
@@ -232,7 +232,7 @@ def map_at_r(embeddings, labels, chunk_size=2048, metric="euclidean", return_per
         embeddings: array-like (n, d) of floats.
         labels: array-like (n,) of class ids; at least one label must occur twice.
         chunk_size: maximum number of queries per chunk (>= 1).
-        metric: "euclidean" (default), "cosine" or "inner_product".
+        metric: a :mod:`keras_featreg.distances` name or object (default "euclidean"): "euclidean"/"squared_euclidean" rank by Euclidean distance, "cosine"/"cosine_similarity" by cosine, "dot_product" by inner product.
         return_per_query: also return the AP@R of every query (NaN where R = 0), in
             input order.
 

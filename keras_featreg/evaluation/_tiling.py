@@ -10,14 +10,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from keras_featreg._utils import check_choice
 from keras_featreg.evaluation._checks import (
-    _METRICS,
     _check_embeddings,
-    _check_labels,
-    _metric_name,
+    check_label_array,
+    ranking_of,
 )
-from keras_featreg.ops.distances import expansion_error_coefficient
+from keras_featreg.ops.pairwise import expansion_error_coefficient
 
 
 # --------------------------------------------------------------------------- #
@@ -31,10 +29,9 @@ class _Prepared:
     """
 
     def __init__(self, embeddings, labels, metric):
-        metric = _metric_name(metric)
-        check_choice("metric", metric, _METRICS)
+        metric = ranking_of(metric)
         x = _check_embeddings(embeddings)
-        labels = _check_labels(labels, x.shape[0])
+        labels = check_label_array(labels, x.shape[0])
         self.order = np.argsort(labels, kind="stable")
         x = x[self.order]
         self.labels = labels[self.order]
@@ -50,11 +47,11 @@ class _Prepared:
             if metric == "cosine":
                 # 1 - cos = |x^ - y^|^2 / 2 for unit rows (plus 1/2 per all-zero row, whose
                 # cosine is 0): the squared-Euclidean algorithm on normalized rows, as in
-                # keras_featreg.ops.distances.pairwise_distances.
+                # keras_featreg.ops.pairwise.pairwise_distances.
                 norms = np.linalg.norm(x, axis=1, keepdims=True)
                 zero_rows = (norms[:, 0] == 0).astype(x.dtype)
                 x = x / np.where(norms > 0, norms, 1).astype(x.dtype)
-            # The algorithm of keras_featreg.ops.distances.squared_euclidean_matrix: centre
+            # The algorithm of keras_featreg.ops.pairwise.squared_euclidean_matrix: centre
             # (translation invariance), expand |a|^2 + |b|^2 - 2 a.b, and set every entry
             # within the expansion's rounding bound c (|a|^2 + |b|^2) to exactly 0.
             x = x - x.mean(axis=0, dtype=np.float64).astype(x.dtype)

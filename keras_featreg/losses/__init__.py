@@ -16,12 +16,20 @@ Families (one private module each):
 * ``_vicreg``: :class:`VICRegLoss` (two views).
 * ``_barlow``: :class:`BarlowTwinsLoss` (two views).
 * ``_xbm``: :class:`CrossBatchMemory` (a pair/triplet loss against a memory of past
-  batches) and its :class:`EmbeddingMemory` layer.
+  batches, kept in a :class:`keras_featreg.layers.EmbeddingMemory` layer).
 * ``_multi_similarity``: :class:`MultiSimilarityLoss`.
 * ``_contrastive_ssl``: :class:`SupConLoss`, :class:`NTXentLoss`, :func:`two_view_batch`.
 * ``_lifted``: :class:`LiftedStructureLoss`, :class:`GeneralizedLiftedStructureLoss`.
 * ``_proxy``: :class:`ProxyAnchorLoss`, :class:`ArcFaceLoss`, :class:`CosFaceLoss` (class
-  weights owned by a :class:`ProxyHead` layer; ``y_pred`` = the head's cosines).
+  weights owned by a :class:`keras_featreg.layers.ProxyHead` layer; ``y_pred`` = the
+  head's cosines).
+
+Each loss is a class holding the math (``compute_loss``) and its configuration; the
+arguments every loss shares (``distance``, ``miner``, ``reducer``, ``cross_replica``,
+``reduction``, ``name``, ``dtype``) are taken by the bases :class:`MetricLoss` and
+:class:`BatchLoss` and documented there once. The function of the same name
+(``triplet_loss(y_true, y_pred, **kwargs)``) is ``TripletLoss(**kwargs).call(y_true,
+y_pred)``.
 
 :func:`get` resolves a loss from its name (``"triplet"``, ``"TripletLoss"``, ...), a
 serialized config or an instance.
@@ -30,6 +38,7 @@ serialized config or an instance.
 import keras
 
 from keras_featreg.losses._base import BatchLoss, MetricLoss  # noqa: F401
+from keras_featreg.losses._vicreg import TwoViewLoss  # noqa: F401
 from keras_featreg.losses._contrastive import (  # noqa: F401
     ContrastiveLoss,
     contrastive_loss,
@@ -48,12 +57,10 @@ from keras_featreg.losses._proxy import (  # noqa: F401
     ArcFaceLoss,
     CosFaceLoss,
     ProxyAnchorLoss,
-    ProxyHead,
     arcface_loss,
     arcface_loss_from_embeddings,
     cosface_loss,
     cosface_loss_from_embeddings,
-    embedding_model,
     proxy_anchor_loss,
     proxy_anchor_loss_from_embeddings,
 )
@@ -64,7 +71,7 @@ from keras_featreg.losses._barlow import (  # noqa: F401
     barlow_twins_loss,
     barlow_twins_loss_bounds,
 )
-from keras_featreg.losses._xbm import CrossBatchMemory, EmbeddingMemory  # noqa: F401
+from keras_featreg.losses._xbm import CrossBatchMemory  # noqa: F401
 
 from keras_featreg.losses._multi_similarity import (  # noqa: F401
     MultiSimilarityLoss,
@@ -137,8 +144,8 @@ def get(identifier, **kwargs):
     if isinstance(identifier, dict):
         return keras.saving.deserialize_keras_object(identifier)
     raise ValueError(
-        f"Unknown loss {identifier!r}. Expected one of {sorted(set(table))}, a keras Loss, "
-        f"or a serialized loss config."
+        f"`identifier` must be one of {sorted(set(table))}, a keras Loss, or a serialized "
+        f"loss config. Received: identifier={identifier!r}"
     )
 
 

@@ -5,13 +5,15 @@ from keras import ops
 
 from keras_featreg import _utils
 from keras_featreg import backend as _backend
-from keras_featreg.losses._base import KERAS_DEFAULT_REDUCTION, PACKAGE, BatchLoss
-from keras_featreg.losses._vicreg import _views
+from keras_featreg.losses._base import PACKAGE
+from keras_featreg.losses._vicreg import TwoViewLoss
 from keras_featreg.ops import moments
 
 
-def barlow_twins_loss(z_a, z_b, lambda_=0.0051, epsilon=1e-5, cross_replica=False):
-    """Barlow Twins loss of two batches of embeddings ``(n, d)``, as the official code.
+def barlow_twins_loss(z_a, z_b, **kwargs):
+    """:class:`BarlowTwinsLoss` ``(**kwargs)`` of two batches of embeddings ``(n, d)``.
+
+    As the official code:
 
     ::
 
@@ -32,17 +34,7 @@ def barlow_twins_loss(z_a, z_b, lambda_=0.0051, epsilon=1e-5, cross_replica=Fals
     >>> bool(float(barlow_twins_loss(z, z)) < float(barlow_twins_loss(z, -z)))
     True
     """
-    lambda_ = _utils.check_number("lambda_", lambda_, 0.0)
-    epsilon = _utils.check_number("epsilon", epsilon, 0.0, strict=True)
-    z_a, z_b = _views(z_a, z_b)
-    if cross_replica:
-        z_a, z_b = _backend.gather_replicas([z_a, z_b])
-    c = moments.cross_correlation(z_a, z_b, epsilon)
-    diag = ops.diagonal(c)
-    on_diag = ops.sum(ops.square(1.0 - diag))
-    off_diag = ops.sum(ops.square(c)) - ops.sum(ops.square(diag))
-    value = on_diag + lambda_ * off_diag
-    return _utils.nan_unless(_utils.all_finite(z_a, z_b), value)
+    return BarlowTwinsLoss(**kwargs).call(z_a, z_b)
 
 
 def barlow_twins_loss_bounds(dim, lambda_=0.0051):
@@ -51,13 +43,13 @@ def barlow_twins_loss_bounds(dim, lambda_=0.0051):
     Each ``C_ij`` is a correlation coefficient shrunk by ``eps``, so ``|C_ij| <= 1``:
     ``0 <= loss <= 4 d + lambda_ d (d - 1)``, whatever the inputs (normalized or not).
     """
-    dim = int(dim)
+    dim = _utils.check_int("dim", dim)
     lambda_ = _utils.check_number("lambda_", lambda_, 0.0)
     return (0.0, 4.0 * dim + lambda_ * dim * (dim - 1))
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class BarlowTwinsLoss(BatchLoss):
+class BarlowTwinsLoss(TwoViewLoss):
     """Barlow Twins' two-view loss, called as ``loss(z_a, z_b)``.
 
     Formula (Zbontar et al., ICML 2021, eq. 1; official ``facebookresearch/barlowtwins``)::
@@ -75,12 +67,8 @@ class BarlowTwinsLoss(BatchLoss):
         lambda_: weight of the redundancy-reduction (off-diagonal) term, >= 0.
             Defaults to `0.0051` (the paper, for ``d = 8192``).
         epsilon: the batch-norm epsilon, > 0. Defaults to `1e-5` (``BatchNorm1d``).
-        cross_replica: compute the loss on the global batch under a ``tf.distribute``
-            strategy (all-gather of both views); as every Keras loss, the value inside
-            a replica is divided by the number of replicas. No-op on JAX.
-        reduction: only Keras's default is accepted.
-        name: defaults to `"barlow_twins_loss"`.
-        dtype: dtype of the returned loss (half-precision inputs compute in float32).
+        **kwargs: ``cross_replica`` (all-gather of both views), ``reduction``,
+            ``name``, ``dtype``: see :class:`~keras_featreg.losses.BatchLoss`.
 
     Example:
 
@@ -93,18 +81,17 @@ class BarlowTwinsLoss(BatchLoss):
     True
     """
 
-    def __init__(self, lambda_=0.0051, epsilon=1e-5, cross_replica=False,
-                 reduction=KERAS_DEFAULT_REDUCTION, name="barlow_twins_loss", dtype=None):
-        super().__init__(reduction=reduction, name=name, dtype=dtype)
+    def __init__(self, lambda_=0.0051, epsilon=1e-5, **kwargs):
+        super().__init__(**kwargs)
         self.lambda_ = _utils.check_number("lambda_", lambda_, 0.0)
-        self.epsilon = _utils.check_number("epsilon", epsilon, 0.0, strict=True)
-        if not isinstance(cross_replica, bool):
-            raise ValueError(
-                f"`cross_replica` must be a bool. Received: cross_replica={cross_replica!r}")
-        self.cross_replica = cross_replica
+        self.epsilon = _utils.check_positive("epsilon", epsilon)
 
-    def call(self, y_true, y_pred):
-        return barlow_twins_loss(y_true, y_pred, self.lambda_, self.epsilon, self.cross_replica)
+    def compute_loss(self, z_a, z_b):
+        c = moments.cross_correlation(z_a, z_b, self.epsilon)
+        diag = ops.diagonal(c)
+        on_diag = ops.sum(ops.square(1.0 - diag))
+        off_diag = ops.sum(ops.square(c)) - ops.sum(ops.square(diag))
+        return on_diag + self.lambda_ * off_diag
 
     def bounds(self, batch_size):
         """None: the range ``[0, 4 d + lambda_ d (d - 1)]`` depends on the dimension ``d``,
@@ -112,5 +99,6 @@ class BarlowTwinsLoss(BatchLoss):
         return None
 
     def get_config(self):
-        return {"name": self.name, "lambda_": self.lambda_, "epsilon": self.epsilon,
-                "cross_replica": self.cross_replica}
+        config = super().get_config()
+        config.update({"lambda_": self.lambda_, "epsilon": self.epsilon})
+        return config

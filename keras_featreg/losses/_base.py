@@ -12,7 +12,7 @@
   (the batch itself, or a :class:`~keras_featreg.losses.CrossBatchMemory`).
 """
 
-import numbers
+import re
 
 import keras
 from keras import ops
@@ -21,79 +21,45 @@ from keras_featreg import _utils
 from keras_featreg import backend as _backend
 from keras_featreg import distances as distances_lib
 from keras_featreg import miners as miners_lib
-from keras_featreg import mining as mining_lib
 from keras_featreg import reducers as reducers_lib
+from keras_featreg._utils import PACKAGE  # noqa: F401  (the families register with it)
+from keras_featreg.ops.labels import check_labels, pair_masks
 
-PACKAGE = "keras_featreg"
 KERAS_DEFAULT_REDUCTION = "sum_over_batch_size"
-
-# --------------------------------------------------------------------------- validation
-
-
-def check_bool(name, value):
-    if not isinstance(value, bool):
-        raise ValueError(f"`{name}` must be a bool. Received: {name}={value!r}")
-    return value
-
-
-def check_margin(margin, name="margin"):
-    return _utils.check_number(name, margin, minimum=0.0)
-
-
-def check_positive(name, value):
-    return _utils.check_number(name, value, minimum=0.0, strict=True)
-
-
-def check_int(name, value, minimum=1):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"`{name}` must be an integer >= {minimum}. Received: {name}={value!r}")
-    return int(value)
 
 
 def check_batch_size(batch_size):
-    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 2:
-        raise ValueError(
-            f"`batch_size` must be an integer >= 2. Received: batch_size={batch_size!r}"
-        )
-    return int(batch_size)
+    """The batch size of a ``bounds(batch_size)`` call: an integer >= 2."""
+    return _utils.check_int("batch_size", batch_size, minimum=2)
 
 
 def embeddings_of(y_pred, name="y_pred"):
+    """`y_pred` as a ``(b, d)`` float tensor (half precision computed in float32)."""
     return _utils.as_float_tensor(y_pred, name=name, min_rank=2, max_rank=2)
 
 
 def inputs(y_true, y_pred, cross_replica=False):
     """Validated ``(labels (b,), embeddings (b, d))`` in the compute dtype.
 
+    The input contract of :func:`keras_featreg.ops.labels.check_labels`: integer-valued
+    labels, one per embedding, a non-empty batch (a violation known only at run time
+    makes the embeddings, hence the loss, NaN).
+
     ``cross_replica=True``: inside a replica of a multi-replica ``tf.distribute`` strategy,
     the labels and embeddings of all replicas, concatenated in replica order (the global
     batch); unchanged elsewhere.  See :func:`keras_featreg.backend.gather_replicas`.
     """
-    embeddings = embeddings_of(y_pred)
-    labels = mining_lib.labels_vector(y_true, name="y_true")
-    n_labels, n_embeddings = labels.shape[0], embeddings.shape[0]
-    if n_labels is not None and n_embeddings is not None and n_labels != n_embeddings:
-        raise ValueError(
-            "`y_true` and `y_pred` must have the same batch size. Received: "
-            f"y_true.shape={tuple(ops.shape(y_true))}, y_pred.shape={tuple(embeddings.shape)}"
-        )
+    labels, embeddings = check_labels(y_true, embeddings_of(y_pred))
     if cross_replica:
-        labels, embeddings = gather_replicas(labels, embeddings)
+        # Two all-gathers: a batched one packs its inputs together and needs a single
+        # dtype and device memory kind (TensorFlow keeps int32 tensors in host memory).
+        labels = _backend.gather_replicas(labels)
+        embeddings = _backend.gather_replicas(embeddings)
     return labels, embeddings
 
 
-def gather_replicas(labels, embeddings):
-    """Labels and embeddings of all replicas (no-op outside a multi-replica ``tf.distribute``).
-
-    Two all-gathers: a batched one packs its inputs together and needs a single dtype and
-    device memory kind (TensorFlow keeps int32 tensors in host memory).
-    """
-    return _backend.gather_replicas(labels), _backend.gather_replicas(embeddings)
-
-
-def masked_mean(values, mask):
-    """Mean of `values` over `mask` (broadcast), 0 when the mask is empty."""
-    return reducers_lib.MeanReducer()(values, mask)
+def _snake(name):
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).lower()
 
 
 # ------------------------------------------------------------------------------ classes
@@ -108,12 +74,32 @@ class BatchLoss(keras.losses.Loss):
     there is nothing to reduce or weight: ``__call__`` validates, calls ``call`` on the
     inputs as given and casts the result to the loss dtype.
 
-    ``reduction``: only Keras's default ``"sum_over_batch_size"`` is accepted (the value
-    is one scalar for the batch; a loss built from parts chooses its averaging with
-    ``reducer=``). Anything else raises ``ValueError`` rather than being ignored.
+    The arguments every loss of the library takes (through ``**kwargs`` of its
+    constructor; documented here once):
+
+    Args:
+        cross_replica: bool. Under a ``tf.distribute`` strategy, gather the inputs of all
+            replicas and compute the loss (mining included) over the global batch; each
+            replica receives the gradient of its own rows. Like every Keras loss, the
+            value returned inside a replica is divided by the number of replicas, so one
+            ``model.fit`` step and the reported loss equal a single-device step on the
+            global batch. Defaults to `False` (each replica computes on its own slice).
+            No-op outside a strategy and on JAX, whose ``DataParallel`` step already sees
+            the global batch. See ``docs/guides/multi-worker.md``.
+        reduction: only Keras's default ``"sum_over_batch_size"`` is accepted (the value
+            is one scalar for the batch; a loss built from parts chooses its averaging
+            with ``reducer=``). Anything else raises ``ValueError`` rather than being
+            ignored; ``sample_weight`` is refused the same way.
+        name: name of the loss. Defaults to the class name in snake case
+            (``"triplet_loss"``).
+        dtype: dtype of the returned loss. Defaults to `keras.backend.floatx()`. (The
+            computation runs in float32, or float64 for float64 inputs.)
     """
 
-    def __init__(self, reduction=KERAS_DEFAULT_REDUCTION, name=None, dtype=None):
+    default_name = None
+
+    def __init__(self, cross_replica=False, reduction=KERAS_DEFAULT_REDUCTION, name=None,
+                 dtype=None):
         if reduction != KERAS_DEFAULT_REDUCTION:
             raise ValueError(
                 f"{type(self).__name__} computes one value for the whole batch (pairs, "
@@ -123,7 +109,17 @@ class BatchLoss(keras.losses.Loss):
                 f"reduction={KERAS_DEFAULT_REDUCTION!r} (the default). "
                 f"Received: reduction={reduction!r}"
             )
+        if name is None:
+            name = self.default_name or _snake(type(self).__name__)
+        elif not isinstance(name, str):
+            raise ValueError(f"`name` must be a string. Received: name={name!r}")
         super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self.cross_replica = _utils.check_bool("cross_replica", cross_replica)
+
+    def get_config(self):
+        config = super().get_config()
+        config["cross_replica"] = self.cross_replica
+        return config
 
     def __call__(self, y_true, y_pred, sample_weight=None):
         if sample_weight is not None:
@@ -160,19 +156,38 @@ class MetricLoss(BatchLoss):
 
     Subclass contract (see the "how to add a loss" guide): set ``default_distance``,
     ``default_reducer`` and ``miner_output`` (``"pairs"``, ``"triplets"`` or None when
-    the loss takes no miner), implement ``compute_loss(self, matrix, positive,
+    the loss takes no miner), take the loss's own arguments in ``__init__`` and pass
+    ``**kwargs`` on to this base, implement ``compute_loss(self, matrix, positive,
     negative, mined)`` returning a scalar, and add the loss's own arguments to
     ``get_config``.
+
+    The arguments of every loss built from parts (and those of :class:`BatchLoss`:
+    ``cross_replica``, ``reduction``, ``name``, ``dtype``):
+
+    Args:
+        distance: a :mod:`keras_featreg.distances` name or object. Defaults to the loss's
+            ``default_distance``.
+        miner: optional miner (:mod:`keras_featreg.miners`) of the kind the loss takes
+            (``miner_output``): its pairs restrict the loss's pairs, its triplets are the
+            loss's triplets. Default None: every pair.
+        reducer: how the loss's terms are averaged (:mod:`keras_featreg.reducers`).
+            Defaults to the loss's ``default_reducer``.
     """
 
     default_distance = "euclidean"
     default_reducer = "mean"
     miner_output = "pairs"
+    accepts_similarity = True  # False: the formula needs "smaller = closer"
 
-    def __init__(self, distance=None, miner=None, reducer=None, cross_replica=False,
-                 reduction=KERAS_DEFAULT_REDUCTION, name=None, dtype=None, miner_arg="miner"):
-        super().__init__(name=name, reduction=reduction, dtype=dtype)
+    def __init__(self, distance=None, miner=None, reducer=None, miner_arg="miner", **kwargs):
+        super().__init__(**kwargs)
         self.distance = distances_lib.get(self.default_distance if distance is None else distance)
+        if self.distance.is_inverted and not self.accepts_similarity:
+            raise ValueError(
+                f"{type(self).__name__} needs a distance (smaller = closer): 'euclidean', "
+                "'squared_euclidean' or 'cosine' (1 - cos), not a similarity. "
+                f"Received: distance={distance!r}"
+            )
         self.miner = miners_lib.get(miner, arg=miner_arg)
         if self.miner is not None:
             if self.miner_output is None:
@@ -185,7 +200,6 @@ class MetricLoss(BatchLoss):
                     f"{type(self.miner).__name__} mines {output}. Received: {miner_arg}={miner!r}"
                 )
         self.reducer = reducers_lib.get(self.default_reducer if reducer is None else reducer)
-        self.cross_replica = check_bool("cross_replica", cross_replica)
 
     # ----------------------------------------------------------------- the computation
 
@@ -210,12 +224,12 @@ class MetricLoss(BatchLoss):
         """
         if ref_embeddings is None:
             matrix = self.distance(embeddings)
-            positive, negative = miners_lib.reference_masks(labels)
+            positive, negative = pair_masks(labels)
         else:
             matrix = self.distance(embeddings, ref_embeddings)
             if same_sample is None:
                 same_sample = ops.zeros(ops.shape(matrix), "bool")
-            positive, negative = miners_lib.reference_masks(labels, ref_labels, same_sample)
+            positive, negative = pair_masks(labels, ref_labels, same_sample)
         if ref_valid is not None:
             valid = ops.expand_dims(ref_valid, 0)
             positive, negative = ops.logical_and(positive, valid), ops.logical_and(negative, valid)
@@ -250,6 +264,5 @@ class MetricLoss(BatchLoss):
             "distance": _serialize_part(self.distance, distances_lib.name_of),
             "miner": _serialize_part(self.miner, miners_lib.name_of),
             "reducer": _serialize_part(self.reducer, reducers_lib.name_of),
-            "cross_replica": self.cross_replica,
         })
         return config

@@ -3,13 +3,9 @@
 import keras
 from keras import ops
 
-from keras_featreg.losses._base import (
-    KERAS_DEFAULT_REDUCTION,
-    PACKAGE,
-    MetricLoss,
-    check_batch_size,
-    check_margin,
-)
+from keras_featreg import _utils
+from keras_featreg import distances as distances_lib
+from keras_featreg.losses._base import PACKAGE, MetricLoss, check_batch_size
 
 
 def _check_power(power):
@@ -18,21 +14,9 @@ def _check_power(power):
     return int(power)
 
 
-def contrastive_loss(y_true, y_pred, margin=1.0, distance="euclidean", power=1,
-                     cross_replica=False, miner=None, reducer=None):
-    """Contrastive loss over all pairs of the batch (eq. 6). See :class:`ContrastiveLoss`.
-
-    ``L = mean_{i != j} [ d_ij D_ij^k + (1 - d_ij) [margin - D_ij]_+^k ]`` with
-    ``d_ij = 1`` for same-label pairs and ``k = power``.
-
-    ``cross_replica``: as in :func:`keras_featreg.losses.triplet_loss` (all pairs of the
-    global batch).
-
-    Returns:
-        Scalar tensor; 0 for a batch of one sample.
-    """
-    return ContrastiveLoss(margin=margin, distance=distance, power=power, miner=miner,
-                           reducer=reducer, cross_replica=cross_replica).call(y_true, y_pred)
+def contrastive_loss(y_true, y_pred, **kwargs):
+    """:class:`ContrastiveLoss` ``(**kwargs)`` of a batch (eq. 6), as a function."""
+    return ContrastiveLoss(**kwargs).call(y_true, y_pred)
 
 
 def contrastive_loss_bounds(margin=1.0, distance="euclidean", power=1):
@@ -42,9 +26,7 @@ def contrastive_loss_bounds(margin=1.0, distance="euclidean", power=1):
     the mean lies in ``[0, max(D_max, m)^k]``: ``[0, 2]`` for the paper's Euclidean
     distance and ``m = 1 < 2``.
     """
-    from keras_featreg import distances as distances_lib
-
-    margin = check_margin(margin)
+    margin = _utils.check_number("margin", margin, minimum=0.0)
     power = _check_power(power)
     distance = distances_lib.get(distance)
     d_max = distance.unit_range[1]
@@ -82,18 +64,8 @@ class ContrastiveLoss(MetricLoss):
         reducer: how the pair terms are averaged (:mod:`keras_featreg.reducers`).
             Default ``"mean"`` (over the pairs that exist: all pairs, or the mined
             ones); ``"mean_nonzero"`` averages over the active pairs only.
-        reduction: only Keras's default is accepted; use `reducer`.
-        name: name of the loss. Defaults to `"contrastive_loss"`.
-        dtype: dtype of the returned loss. Defaults to `keras.backend.floatx()`. (The
-            computation runs in float32, or float64 for float64 embeddings.)
-        cross_replica: bool. Under a ``tf.distribute`` strategy, gather the labels and
-            embeddings of all replicas and compute the loss (mining included) over the
-            global batch; each replica receives the gradient of its own rows. Like every
-            Keras loss, the value returned inside a replica is divided by the number of
-            replicas, so one ``model.fit`` step and the reported loss equal a single-device
-            step on the global batch. Defaults to `False` (each replica mines its own
-            slice). No-op outside a strategy and on JAX, whose ``DataParallel`` step
-            already sees the global batch. See ``docs/guides/multi-worker.md``.
+        **kwargs: ``cross_replica``, ``reduction``, ``name``, ``dtype``: see
+            :class:`~keras_featreg.losses.MetricLoss`.
 
     Example:
 
@@ -109,28 +81,11 @@ class ContrastiveLoss(MetricLoss):
     """
 
     miner_output = "pairs"
+    accepts_similarity = False
 
-    def __init__(
-        self,
-        margin=1.0,
-        distance="euclidean",
-        power=1,
-        miner=None,
-        reducer=None,
-        reduction=KERAS_DEFAULT_REDUCTION,
-        name="contrastive_loss",
-        dtype=None,
-        cross_replica=False,
-    ):
-        super().__init__(distance=distance, miner=miner, reducer=reducer,
-                         cross_replica=cross_replica, reduction=reduction, name=name,
-                         dtype=dtype)
-        if self.distance.is_inverted:
-            raise ValueError(
-                "ContrastiveLoss needs a distance (smaller = closer); for cosine use "
-                f"distance='cosine' (1 - cos). Received: distance={distance!r}"
-            )
-        self.margin = check_margin(margin)
+    def __init__(self, margin=1.0, power=1, **kwargs):
+        super().__init__(**kwargs)
+        self.margin = _utils.check_number("margin", margin, minimum=0.0)
         self.power = _check_power(power)
 
     def compute_loss(self, matrix, positive, negative, mined):

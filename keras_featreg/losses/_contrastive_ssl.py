@@ -11,15 +11,10 @@ import math
 import keras
 from keras import ops
 
-from keras_featreg import mining as mining_lib
-from keras_featreg.losses._base import (
-    KERAS_DEFAULT_REDUCTION,
-    PACKAGE,
-    MetricLoss,
-    check_batch_size,
-    check_positive,
-    embeddings_of,
-)
+from keras_featreg import _utils
+from keras_featreg.losses._base import PACKAGE, MetricLoss, check_batch_size, embeddings_of
+from keras_featreg.ops.labels import check_labels
+from keras_featreg.ops.masked import masked_logsumexp
 
 
 def two_view_batch(z_a, z_b, labels=None):
@@ -59,13 +54,7 @@ def two_view_batch(z_a, z_b, labels=None):
     if labels is None:
         labels = ops.arange(ops.shape(z_a)[0], dtype="int32")
     else:
-        labels = mining_lib.labels_vector(labels, name="labels")
-        n_labels, n_rows = labels.shape[0], z_a.shape[0]
-        if n_labels is not None and n_rows is not None and n_labels != n_rows:
-            raise ValueError(
-                "`labels` must have one entry per row of `z_a`. "
-                f"Received: labels.shape={tuple(labels.shape)}, z_a.shape={tuple(z_a.shape)}"
-            )
+        labels, z_a = check_labels(labels, z_a, name="labels", rows_name="z_a")
     return ops.concatenate([labels, labels], axis=0), ops.concatenate([z_a, z_b], axis=0)
 
 
@@ -84,11 +73,9 @@ def _logit_width(loss):
     return None if unit is None else (unit[1] - unit[0]) / loss.temperature
 
 
-def supcon_loss(y_true, y_pred, temperature=0.1, distance="cosine_similarity", miner=None,
-                reducer=None, cross_replica=False):
-    """Supervised contrastive loss of a batch. See :class:`SupConLoss`."""
-    return SupConLoss(temperature=temperature, distance=distance, miner=miner, reducer=reducer,
-                      cross_replica=cross_replica).call(y_true, y_pred)
+def supcon_loss(y_true, y_pred, **kwargs):
+    """:class:`SupConLoss` ``(**kwargs)`` of a batch, as a function."""
+    return SupConLoss(**kwargs).call(y_true, y_pred)
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -117,11 +104,8 @@ class SupConLoss(MetricLoss):
         miner: optional pair miner; ``P`` and ``A`` are then the kept pairs.
         reducer: averaging of the per-anchor ``L_i`` over the anchors with a positive.
             Default ``"mean_nonzero"`` (PML's ``AvgNonZeroReducer``).
-        reduction: only Keras's default is accepted; use `reducer`.
-        name: name of the loss. Defaults to `"supcon_loss"`.
-        dtype: dtype of the returned loss. Defaults to `keras.backend.floatx()`.
-        cross_replica: bool, gather the global batch under ``tf.distribute``. Defaults
-            to `False`.
+        **kwargs: ``cross_replica``, ``reduction``, ``name``, ``dtype``: see
+            :class:`~keras_featreg.losses.MetricLoss`.
 
     Example:
 
@@ -135,29 +119,18 @@ class SupConLoss(MetricLoss):
     True
     """
 
+    default_name = "supcon_loss"
     default_distance = "cosine_similarity"
     default_reducer = "mean_nonzero"
     miner_output = "pairs"
 
-    def __init__(
-        self,
-        temperature=0.1,
-        distance="cosine_similarity",
-        miner=None,
-        reducer=None,
-        reduction=KERAS_DEFAULT_REDUCTION,
-        name="supcon_loss",
-        dtype=None,
-        cross_replica=False,
-    ):
-        super().__init__(distance=distance, miner=miner, reducer=reducer,
-                         cross_replica=cross_replica, reduction=reduction, name=name,
-                         dtype=dtype)
-        self.temperature = check_positive("temperature", temperature)
+    def __init__(self, temperature=0.1, **kwargs):
+        super().__init__(**kwargs)
+        self.temperature = _utils.check_positive("temperature", temperature)
 
     def compute_loss(self, matrix, positive, negative, mined):
         logits = _logits(self, matrix)
-        denominator = mining_lib.masked_logsumexp(
+        denominator = masked_logsumexp(
             logits, ops.logical_or(positive, negative), axis=1)
         log_prob = logits - ops.expand_dims(denominator, 1)
         log_prob = ops.where(positive, log_prob, ops.zeros_like(log_prob))
@@ -184,11 +157,9 @@ class SupConLoss(MetricLoss):
         return config
 
 
-def ntxent_loss(y_true, y_pred, temperature=0.07, distance="cosine_similarity", miner=None,
-                reducer=None, cross_replica=False):
-    """NT-Xent (InfoNCE) loss of a batch. See :class:`NTXentLoss`."""
-    return NTXentLoss(temperature=temperature, distance=distance, miner=miner, reducer=reducer,
-                      cross_replica=cross_replica).call(y_true, y_pred)
+def ntxent_loss(y_true, y_pred, **kwargs):
+    """:class:`NTXentLoss` ``(**kwargs)`` of a batch, as a function."""
+    return NTXentLoss(**kwargs).call(y_true, y_pred)
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -223,11 +194,8 @@ class NTXentLoss(MetricLoss):
         miner: optional pair miner; the kept positive pairs are averaged and the kept
             negatives form the denominators.
         reducer: averaging over the positive pairs. Default ``"mean"`` (PML).
-        reduction: only Keras's default is accepted; use `reducer`.
-        name: name of the loss. Defaults to `"ntxent_loss"`.
-        dtype: dtype of the returned loss. Defaults to `keras.backend.floatx()`.
-        cross_replica: bool, gather the global batch under ``tf.distribute``. Defaults
-            to `False`.
+        **kwargs: ``cross_replica``, ``reduction``, ``name``, ``dtype``: see
+            :class:`~keras_featreg.losses.MetricLoss`.
 
     Example:
 
@@ -245,25 +213,13 @@ class NTXentLoss(MetricLoss):
     default_reducer = "mean"
     miner_output = "pairs"
 
-    def __init__(
-        self,
-        temperature=0.07,
-        distance="cosine_similarity",
-        miner=None,
-        reducer=None,
-        reduction=KERAS_DEFAULT_REDUCTION,
-        name="ntxent_loss",
-        dtype=None,
-        cross_replica=False,
-    ):
-        super().__init__(distance=distance, miner=miner, reducer=reducer,
-                         cross_replica=cross_replica, reduction=reduction, name=name,
-                         dtype=dtype)
-        self.temperature = check_positive("temperature", temperature)
+    def __init__(self, temperature=0.07, **kwargs):
+        super().__init__(**kwargs)
+        self.temperature = _utils.check_positive("temperature", temperature)
 
     def compute_loss(self, matrix, positive, negative, mined):
         logits = _logits(self, matrix)
-        negatives = mining_lib.masked_logsumexp(logits, negative, axis=1)
+        negatives = masked_logsumexp(logits, negative, axis=1)
         has_negative = ops.expand_dims(ops.any(negative, axis=1), 1)
         # log(1 + sum_n exp(Z_an - Z_ap)) = softplus(LSE_n Z_an - Z_ap); 0 without negatives.
         terms = ops.softplus(ops.expand_dims(negatives, 1) - logits)

@@ -6,27 +6,27 @@ import keras
 from keras import ops
 
 from keras_featreg import _utils
-from keras_featreg import mining as mining_lib
-from keras_featreg.losses._base import (
-    KERAS_DEFAULT_REDUCTION,
-    PACKAGE,
-    MetricLoss,
-    check_batch_size,
-)
+from keras_featreg.losses._base import PACKAGE, MetricLoss, check_batch_size
+from keras_featreg.ops.masked import masked_logsumexp
 
 
-def _check_distance(loss, distance):
-    if loss.distance.is_inverted:
-        raise ValueError(
-            f"{type(loss).__name__} needs a distance (smaller = closer): "
-            "'euclidean' (default), 'squared_euclidean' or 'cosine'. "
-            f"Received: distance={distance!r}"
-        )
+class _LiftedLoss(MetricLoss):
+    """What the two lifted losses share: the margins, a distance (not a similarity)."""
+
+    default_distance = "euclidean"
+    default_reducer = "mean"
+    miner_output = "pairs"
+    accepts_similarity = False
+
+    def __init__(self, neg_margin=1.0, pos_margin=0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.neg_margin = _utils.check_number("neg_margin", neg_margin)
+        self.pos_margin = _utils.check_number("pos_margin", pos_margin)
 
 
 def _row_logsumexp(values, mask):
     """``(log sum_{mask} exp(values) per row, row has any)``; value 0 on empty rows."""
-    return (mining_lib.masked_logsumexp(values, mask, axis=1),
+    return (masked_logsumexp(values, mask, axis=1),
             ops.any(mask, axis=1))
 
 
@@ -47,16 +47,13 @@ def _logaddexp_masked(la, has_a, lb, has_b):
     return ops.where(either, ops.log(total) + shift, zero), either
 
 
-def lifted_structure_loss(y_true, y_pred, neg_margin=1.0, pos_margin=0.0, distance="euclidean",
-                          miner=None, reducer=None, cross_replica=False):
-    """Lifted structured loss of a batch. See :class:`LiftedStructureLoss`."""
-    return LiftedStructureLoss(neg_margin=neg_margin, pos_margin=pos_margin, distance=distance,
-                               miner=miner, reducer=reducer,
-                               cross_replica=cross_replica).call(y_true, y_pred)
+def lifted_structure_loss(y_true, y_pred, **kwargs):
+    """:class:`LiftedStructureLoss` ``(**kwargs)`` of a batch, as a function."""
+    return LiftedStructureLoss(**kwargs).call(y_true, y_pred)
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class LiftedStructureLoss(MetricLoss):
+class LiftedStructureLoss(_LiftedLoss):
     """Lifted structured embedding loss (Oh Song et al., "Deep Metric Learning via Lifted
     Structured Feature Embedding", CVPR 2016, eq. 4), the ``tfa.losses.LiftedStructLoss``
     of tensorflow-addons and pytorch-metric-learning's ``LiftedStructureLoss``.
@@ -93,11 +90,8 @@ class LiftedStructureLoss(MetricLoss):
             refused).
         miner: optional pair miner (:mod:`keras_featreg.miners`).
         reducer: averaging over the ordered positive pairs. Default ``"mean"``.
-        reduction: only Keras's default is accepted; use `reducer`.
-        name: name of the loss. Defaults to `"lifted_structure_loss"`.
-        dtype: dtype of the returned loss. Defaults to `keras.backend.floatx()`.
-        cross_replica: bool, gather the global batch under ``tf.distribute``. Defaults
-            to `False`.
+        **kwargs: ``cross_replica``, ``reduction``, ``name``, ``dtype``: see
+            :class:`~keras_featreg.losses.MetricLoss`.
 
     Example:
 
@@ -115,38 +109,16 @@ class LiftedStructureLoss(MetricLoss):
     (0.0, 37.402)
     """
 
-    default_distance = "euclidean"
-    default_reducer = "mean"
-    miner_output = "pairs"
-
-    def __init__(
-        self,
-        neg_margin=1.0,
-        pos_margin=0.0,
-        distance="euclidean",
-        miner=None,
-        reducer=None,
-        reduction=KERAS_DEFAULT_REDUCTION,
-        name="lifted_structure_loss",
-        dtype=None,
-        cross_replica=False,
-    ):
-        super().__init__(distance=distance, miner=miner, reducer=reducer,
-                         cross_replica=cross_replica, reduction=reduction, name=name,
-                         dtype=dtype)
-        _check_distance(self, distance)
-        self.neg_margin = _utils.check_number("neg_margin", neg_margin)
-        self.pos_margin = _utils.check_number("pos_margin", pos_margin)
-        self._references_are_batch = True
+    _references_are_batch = True
 
     def compute(self, labels, embeddings, ref_labels=None, ref_embeddings=None,
-                same_sample=None, ref_valid=None):
+                same_sample=None, ref_valid=None, pair_mask=None):
         # J_ij needs the negatives of the positive j: row j of the matrix when the
         # references are the batch, else the batch negatives of reference j (column j).
         self._references_are_batch = ref_embeddings is None
         try:
             return super().compute(labels, embeddings, ref_labels, ref_embeddings,
-                                   same_sample, ref_valid)
+                                   same_sample, ref_valid, pair_mask)
         finally:
             self._references_are_batch = True
 
@@ -156,7 +128,7 @@ class LiftedStructureLoss(MetricLoss):
         if self._references_are_batch:
             lse_cols, has_cols = lse_rows, has_rows
         else:
-            lse_cols = mining_lib.masked_logsumexp(pushed, negative, axis=0)
+            lse_cols = masked_logsumexp(pushed, negative, axis=0)
             has_cols = ops.any(negative, axis=0)
         lse, either = _logaddexp_masked(
             ops.expand_dims(lse_rows, 1), ops.expand_dims(has_rows, 1),
@@ -183,23 +155,14 @@ class LiftedStructureLoss(MetricLoss):
         j_max = math.log(2 * max(b - 2, 1)) + self.neg_margin - lo + hi - self.pos_margin
         return (0.0, 0.5 * max(j_max, 0.0) ** 2)
 
-    def get_config(self):
-        config = super().get_config()
-        config.update({"neg_margin": self.neg_margin, "pos_margin": self.pos_margin})
-        return config
 
-
-def generalized_lifted_structure_loss(y_true, y_pred, neg_margin=1.0, pos_margin=0.0,
-                                      distance="euclidean", miner=None, reducer=None,
-                                      cross_replica=False):
-    """Generalized lifted structure loss of a batch. See :class:`GeneralizedLiftedStructureLoss`."""
-    return GeneralizedLiftedStructureLoss(
-        neg_margin=neg_margin, pos_margin=pos_margin, distance=distance, miner=miner,
-        reducer=reducer, cross_replica=cross_replica).call(y_true, y_pred)
+def generalized_lifted_structure_loss(y_true, y_pred, **kwargs):
+    """:class:`GeneralizedLiftedStructureLoss` ``(**kwargs)`` of a batch, as a function."""
+    return GeneralizedLiftedStructureLoss(**kwargs).call(y_true, y_pred)
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class GeneralizedLiftedStructureLoss(MetricLoss):
+class GeneralizedLiftedStructureLoss(_LiftedLoss):
     """Generalized lifted structure loss (Hermans et al., "In Defense of the Triplet Loss
     for Person Re-Identification", 2017, p. 4), as pytorch-metric-learning's
     ``GeneralizedLiftedStructureLoss``.
@@ -222,11 +185,8 @@ class GeneralizedLiftedStructureLoss(MetricLoss):
         distance: ``"euclidean"`` (default) or another distance (similarities refused).
         miner: optional pair miner.
         reducer: averaging over the anchors. Default ``"mean"`` over all ``b`` (PML).
-        reduction: only Keras's default is accepted; use `reducer`.
-        name: name of the loss. Defaults to `"generalized_lifted_structure_loss"`.
-        dtype: dtype of the returned loss. Defaults to `keras.backend.floatx()`.
-        cross_replica: bool, gather the global batch under ``tf.distribute``. Defaults
-            to `False`.
+        **kwargs: ``cross_replica``, ``reduction``, ``name``, ``dtype``: see
+            :class:`~keras_featreg.losses.MetricLoss`.
 
     Example:
 
@@ -240,32 +200,9 @@ class GeneralizedLiftedStructureLoss(MetricLoss):
     True
     """
 
-    default_distance = "euclidean"
-    default_reducer = "mean"
-    miner_output = "pairs"
-
-    def __init__(
-        self,
-        neg_margin=1.0,
-        pos_margin=0.0,
-        distance="euclidean",
-        miner=None,
-        reducer=None,
-        reduction=KERAS_DEFAULT_REDUCTION,
-        name="generalized_lifted_structure_loss",
-        dtype=None,
-        cross_replica=False,
-    ):
-        super().__init__(distance=distance, miner=miner, reducer=reducer,
-                         cross_replica=cross_replica, reduction=reduction, name=name,
-                         dtype=dtype)
-        _check_distance(self, distance)
-        self.neg_margin = _utils.check_number("neg_margin", neg_margin)
-        self.pos_margin = _utils.check_number("pos_margin", pos_margin)
-
     def compute_loss(self, matrix, positive, negative, mined):
-        pos = mining_lib.masked_logsumexp(matrix - self.pos_margin, positive, axis=1)
-        neg = mining_lib.masked_logsumexp(self.neg_margin - matrix, negative, axis=1)
+        pos = masked_logsumexp(matrix - self.pos_margin, positive, axis=1)
+        neg = masked_logsumexp(self.neg_margin - matrix, negative, axis=1)
         return self.reducer(ops.relu(pos + neg), None)
 
     def bounds(self, batch_size):
@@ -284,8 +221,3 @@ class GeneralizedLiftedStructureLoss(MetricLoss):
         upper = (max(log_count + hi - self.pos_margin, 0.0)
                  + max(log_count + self.neg_margin - lo, 0.0))
         return (0.0, upper)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update({"neg_margin": self.neg_margin, "pos_margin": self.pos_margin})
-        return config

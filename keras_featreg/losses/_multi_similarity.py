@@ -5,27 +5,13 @@ import math
 import keras
 
 from keras_featreg import _utils
-from keras_featreg import mining as mining_lib
-from keras_featreg.losses._base import (
-    KERAS_DEFAULT_REDUCTION,
-    PACKAGE,
-    MetricLoss,
-    check_batch_size,
-    check_positive,
-)
+from keras_featreg.losses._base import PACKAGE, MetricLoss, check_batch_size
+from keras_featreg.ops.masked import masked_logsumexp
 
 
-def multi_similarity_loss(y_true, y_pred, alpha=2.0, beta=50.0, base=0.5,
-                          distance="cosine_similarity", miner=None, reducer=None,
-                          cross_replica=False):
-    """Multi-Similarity loss of a batch. See :class:`MultiSimilarityLoss`.
-
-    Returns:
-        Scalar tensor.
-    """
-    return MultiSimilarityLoss(alpha=alpha, beta=beta, base=base, distance=distance,
-                               miner=miner, reducer=reducer,
-                               cross_replica=cross_replica).call(y_true, y_pred)
+def multi_similarity_loss(y_true, y_pred, **kwargs):
+    """:class:`MultiSimilarityLoss` ``(**kwargs)`` of a batch, as a function."""
+    return MultiSimilarityLoss(**kwargs).call(y_true, y_pred)
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -67,11 +53,8 @@ class MultiSimilarityLoss(MetricLoss):
             ``MultiSimilarityMiner(epsilon=0.1)``. Default None: every pair.
         reducer: how the per-anchor terms are averaged (:mod:`keras_featreg.reducers`).
             Default ``"mean"`` over all ``b`` anchors (PML).
-        reduction: only Keras's default is accepted; use `reducer`.
-        name: name of the loss. Defaults to `"multi_similarity_loss"`.
-        dtype: dtype of the returned loss. Defaults to `keras.backend.floatx()`.
-        cross_replica: bool, gather the global batch under ``tf.distribute`` (see
-            :class:`~keras_featreg.losses.ContrastiveLoss`). Defaults to `False`.
+        **kwargs: ``cross_replica``, ``reduction``, ``name``, ``dtype``: see
+            :class:`~keras_featreg.losses.MetricLoss`.
 
     Example:
 
@@ -94,24 +77,10 @@ class MultiSimilarityLoss(MetricLoss):
     default_reducer = "mean"
     miner_output = "pairs"
 
-    def __init__(
-        self,
-        alpha=2.0,
-        beta=50.0,
-        base=0.5,
-        distance="cosine_similarity",
-        miner=None,
-        reducer=None,
-        reduction=KERAS_DEFAULT_REDUCTION,
-        name="multi_similarity_loss",
-        dtype=None,
-        cross_replica=False,
-    ):
-        super().__init__(distance=distance, miner=miner, reducer=reducer,
-                         cross_replica=cross_replica, reduction=reduction, name=name,
-                         dtype=dtype)
-        self.alpha = check_positive("alpha", alpha)
-        self.beta = check_positive("beta", beta)
+    def __init__(self, alpha=2.0, beta=50.0, base=0.5, **kwargs):
+        super().__init__(**kwargs)
+        self.alpha = _utils.check_positive("alpha", alpha)
+        self.beta = _utils.check_positive("beta", beta)
         self.base = _utils.check_number("base", base)
 
     def compute_loss(self, matrix, positive, negative, mined):
@@ -120,10 +89,8 @@ class MultiSimilarityLoss(MetricLoss):
             x = matrix - self.base
         else:
             x = self.base - matrix
-        pos = mining_lib.masked_logsumexp(-self.alpha * x, positive, axis=1,
-                                          include_zero=True) / self.alpha
-        neg = mining_lib.masked_logsumexp(self.beta * x, negative, axis=1,
-                                          include_zero=True) / self.beta
+        pos = masked_logsumexp(-self.alpha * x, positive, axis=1, include_zero=True) / self.alpha
+        neg = masked_logsumexp(self.beta * x, negative, axis=1, include_zero=True) / self.beta
         return self.reducer(pos + neg, None)
 
     def bounds(self, batch_size):

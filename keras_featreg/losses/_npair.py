@@ -2,28 +2,89 @@
 
 Multi-class N-pair (Sohn 2016) and angular (Wang et al. 2017) losses with the bounds of
 the SVMax paper (Taha et al., eqs. 7-12). The batch layout is read from the labels
-(:func:`keras_featreg.mining.npair_layout`); the similarity is the dot product of the
+(:func:`npair_layout`); the similarity is the dot product of the
 embeddings as given (both papers normalize).
 """
 
+import collections
 import math
 
 import keras
 from keras import ops
 
 from keras_featreg import _utils
-from keras_featreg import mining as mining_lib
-from keras_featreg.losses._base import (
-    PACKAGE,
-    BatchLoss,
-    check_batch_size,
-    check_bool,
-    inputs,
-    masked_mean,
-)
-from keras_featreg.ops import distances as distances_lib
+from keras_featreg.losses._base import PACKAGE, BatchLoss, check_batch_size, inputs
+from keras_featreg.ops.labels import pair_masks
+from keras_featreg.ops.masked import masked_logsumexp, masked_mean
+from keras_featreg.ops.pairwise import pairwise_dot
 
-NEGATIVES = mining_lib.NEGATIVE_SETS
+NEGATIVES = ("positives", "all")
+
+NPairLayout = collections.namedtuple("NPairLayout", ["anchors", "positive_matrix", "positives"])
+NPairLayout.__doc__ = """Anchor/positive layout of an N-pair batch (see :func:`npair_layout`).
+
+Attributes:
+    anchors: ``(b,)`` bool, True for samples used as anchors.
+    positive_matrix: ``(b, b)`` bool, ``[a, p]`` True iff ``p`` is the positive of anchor
+        ``a`` (at most one True per row).
+    positives: ``(b,)`` bool, True for samples in the positive role.
+"""
+
+
+def npair_layout(labels):
+    """Anchor/positive roles of an N-pair batch, read from the labels.
+
+    Rule: within each class, the first occurrence in the batch is the anchor and the
+    second occurrence is its positive. A class seen once has no pair (its sample is not
+    an anchor); third and later occurrences are neither anchor nor positive. The
+    intended layout has every class exactly twice (``p x 2`` batches, in any order:
+    ``[a1, p1, a2, p2, ...]`` or ``[a1, a2, ..., p1, p2, ...]``).
+
+    Returns:
+        :class:`NPairLayout`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras_featreg.losses._npair import npair_layout
+    >>> layout = npair_layout(np.array([7, 3, 7, 3]))
+    >>> np.asarray(layout.anchors).tolist(), np.asarray(layout.positives).tolist()
+    ([True, True, False, False], [False, False, True, True])
+    """
+    same = ops.logical_not(pair_masks(labels)[1])
+    n = ops.shape(same)[0]
+    idx = ops.arange(n)
+    earlier = ops.less(ops.expand_dims(idx, 0), ops.expand_dims(idx, 1))  # [i, j]: j < i
+    occurrence = ops.sum(ops.cast(ops.logical_and(same, earlier), "int32"), axis=1)
+    first = ops.equal(occurrence, 0)
+    second = ops.equal(occurrence, 1)
+    positive_matrix = ops.logical_and(
+        same, ops.logical_and(ops.expand_dims(first, 1), ops.expand_dims(second, 0))
+    )
+    return NPairLayout(
+        anchors=ops.any(positive_matrix, axis=1),
+        positive_matrix=positive_matrix,
+        positives=second,
+    )
+
+
+def npair_negatives(labels, layout, negatives="positives"):
+    """``(b, b)`` mask of the negatives of each anchor of an N-pair batch.
+
+    Args:
+        labels: ``(b,)`` labels.
+        layout: the :class:`NPairLayout` of `labels`.
+        negatives: ``"positives"`` -- the positives of the other classes (Sohn 2016's
+            multi-class N-pair loss, tensorflow-addons' ``NpairsLoss``; ``|n| = b/2 - 1``
+            for ``p x 2`` batches) -- or ``"all"`` -- every sample of another class, as
+            written in the SVMax paper's eqs. 7 and 9 (``|n| = b - 2``).
+    """
+    negatives = _check_negatives(negatives)
+    _, different = pair_masks(labels)
+    if negatives == "all":
+        return different
+    return ops.logical_and(different, ops.expand_dims(layout.positives, 0))
+
 
 def _check_alpha(alpha):
     alpha = _utils.check_number("alpha", alpha, minimum=0.0, strict=True)
@@ -39,71 +100,18 @@ def _check_negatives(negatives):
     return _utils.check_choice("negatives", negatives, NEGATIVES)
 
 
-
 def _num_negatives(batch_size, negatives):
     return batch_size // 2 - 1 if negatives == "positives" else batch_size - 2
 
 
-
-def npair_loss(y_true, y_pred, negatives="positives", l2_reg=0.0, cross_replica=False):
-    """Multi-class N-pair loss (eq. 7, Sohn 2016). See :class:`NPairLoss`.
-
-    ``L = mean_a [ -log( exp(a.p) / (exp(a.p) + sum_n exp(a.n)) ) ]
-    + l2_reg / 4 * (mean_a ||a||^2 + mean_p ||p||^2)``.
-
-    ``cross_replica``: as in :func:`triplet_loss` (layout read from the global batch).
-
-    Returns:
-        Scalar tensor; 0 when the batch holds no anchor/positive pair.
-    """
-    negatives = _check_negatives(negatives)
-    l2_reg = _utils.check_number("l2_reg", l2_reg, minimum=0.0)
-    labels, embeddings = inputs(y_true, y_pred, cross_replica)
-
-    layout = mining_lib.npair_layout(labels)
-    negative = mining_lib.npair_negatives(labels, layout, negatives)
-    similarity = distances_lib.pairwise_dot(embeddings)
-    candidates = ops.logical_or(layout.positive_matrix, negative)
-    log_normalizer = mining_lib.masked_logsumexp(similarity, candidates, axis=1)
-    positive_logit = ops.sum(
-        ops.where(layout.positive_matrix, similarity, ops.zeros_like(similarity)), axis=1
-    )
-    loss = masked_mean(log_normalizer - positive_logit, layout.anchors)
-    if l2_reg > 0.0:
-        squared_norms = ops.sum(ops.square(embeddings), axis=1)
-        positives = ops.any(layout.positive_matrix, axis=0)
-        loss = loss + 0.25 * l2_reg * (
-            masked_mean(squared_norms, layout.anchors) + masked_mean(squared_norms, positives)
-        )
-    return _utils.propagate_nonfinite(loss, embeddings)
+def npair_loss(y_true, y_pred, **kwargs):
+    """:class:`NPairLoss` ``(**kwargs)`` of a batch (eq. 7, Sohn 2016), as a function."""
+    return NPairLoss(**kwargs).call(y_true, y_pred)
 
 
-def angular_loss(y_true, y_pred, alpha=45.0, negatives="positives", cross_replica=False):
-    """Angular loss for N-pair batches (eqs. 9-10, Wang et al. 2017). See :class:`AngularLoss`.
-
-    ``L = mean_a log(1 + sum_n exp(f_apn))``,
-    ``f_apn = 4 tan^2(alpha) (a + p).n - 2 (1 + tan^2(alpha)) a.p``.
-
-    ``cross_replica``: as in :func:`triplet_loss` (layout read from the global batch).
-
-    Returns:
-        Scalar tensor; 0 when the batch holds no anchor/positive pair.
-    """
-    alpha = _check_alpha(alpha)
-    negatives = _check_negatives(negatives)
-    labels, embeddings = inputs(y_true, y_pred, cross_replica)
-
-    tan2 = math.tan(math.radians(alpha)) ** 2
-    layout = mining_lib.npair_layout(labels)
-    negative = mining_lib.npair_negatives(labels, layout, negatives)
-    # Row a of `positive_embeddings` is the positive of anchor a (zeros for non-anchors).
-    positive_embeddings = ops.matmul(ops.cast(layout.positive_matrix, embeddings.dtype), embeddings)
-    anchor_positive = ops.sum(embeddings * positive_embeddings, axis=1, keepdims=True)
-    pair_negative = distances_lib.pairwise_dot(embeddings + positive_embeddings, embeddings)
-    f = 4.0 * tan2 * pair_negative - 2.0 * (1.0 + tan2) * anchor_positive
-    losses = mining_lib.masked_logsumexp(f, negative, axis=1, include_zero=True)
-    return _utils.propagate_nonfinite(masked_mean(losses, layout.anchors), embeddings)
-
+def angular_loss(y_true, y_pred, **kwargs):
+    """:class:`AngularLoss` ``(**kwargs)`` of a batch (eqs. 9-10), as a function."""
+    return AngularLoss(**kwargs).call(y_true, y_pred)
 
 
 def npair_loss_bounds(batch_size, negatives="positives", l2_reg=0.0):
@@ -152,8 +160,31 @@ def angular_loss_bounds(batch_size, alpha=45.0, negatives="positives"):
 
 
 
+class _NPairBatchLoss(BatchLoss):
+    """What the N-pair and angular losses share: the ``p x 2`` layout and its negatives."""
+
+    def __init__(self, negatives="positives", **kwargs):
+        super().__init__(**kwargs)
+        self.negatives = _check_negatives(negatives)
+
+    def call(self, y_true, y_pred):
+        labels, embeddings = inputs(y_true, y_pred, self.cross_replica)
+        layout = npair_layout(labels)
+        negative = npair_negatives(labels, layout, self.negatives)
+        value = self.compute_loss(embeddings, layout, negative)
+        return _utils.propagate_nonfinite(value, embeddings)
+
+    def compute_loss(self, embeddings, layout, negative):
+        raise NotImplementedError
+
+    def get_config(self):
+        config = super().get_config()
+        config["negatives"] = self.negatives
+        return config
+
+
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class NPairLoss(BatchLoss):
+class NPairLoss(_NPairBatchLoss):
     """Multi-class N-pair loss (Sohn 2016): softmax cross-entropy over ``a . x`` logits.
 
     Formula (SVMax paper eq. 7)::
@@ -161,7 +192,7 @@ class NPairLoss(BatchLoss):
         loss = mean_a -log( exp(a.p) / (exp(a.p) + sum_{n in N(a)} exp(a.n)) )
                + l2_reg / 4 * (mean_a ||a||^2 + mean_p ||p||^2)
 
-    Batch layout, read from the labels (:func:`keras_featreg.mining.npair_layout`): the
+    Batch layout, read from the labels (:func:`npair_layout`): the
     first occurrence of a class in the batch is an anchor ``a``, its second occurrence
     the positive ``p``; the intended batch is ``p x 2`` (the paper: 72 x 2), every class
     exactly twice, in any order. Classes seen once have no pair; third and later
@@ -184,19 +215,8 @@ class NPairLoss(BatchLoss):
     Args:
         negatives: `"positives"` (default) or `"all"`, see above.
         l2_reg: float >= 0, weight of the embedding L2 regularizer. Defaults to `0.0`.
-        reduction: kept for Keras compatibility; the loss is already a scalar, so it has
-            no effect.
-        name: name of the loss. Defaults to `"npair_loss"`.
-        dtype: dtype of the returned loss. Defaults to `keras.backend.floatx()`. (The
-            computation runs in float32, or float64 for float64 embeddings.)
-        cross_replica: bool. Under a ``tf.distribute`` strategy, gather the labels and
-            embeddings of all replicas and compute the loss (mining included) over the
-            global batch; each replica receives the gradient of its own rows. Like every
-            Keras loss, the value returned inside a replica is divided by the number of
-            replicas, so one ``model.fit`` step and the reported loss equal a single-device
-            step on the global batch. Defaults to `False` (each replica mines its own
-            slice). No-op outside a strategy and on JAX, whose ``DataParallel`` step
-            already sees the global batch. See ``docs/guides/multi-worker.md``.
+        **kwargs: ``cross_replica``, ``reduction``, ``name``, ``dtype``: see
+            :class:`~keras_featreg.losses.BatchLoss`.
 
     Example:
 
@@ -211,23 +231,25 @@ class NPairLoss(BatchLoss):
     [2.3617, 6.2646]
     """
 
-    def __init__(
-        self,
-        negatives="positives",
-        l2_reg=0.0,
-        reduction="sum_over_batch_size",
-        name="npair_loss",
-        dtype=None,
-        cross_replica=False,
-    ):
-        super().__init__(name=name, reduction=reduction, dtype=dtype)
-        self.cross_replica = check_bool("cross_replica", cross_replica)
-        self.negatives = _check_negatives(negatives)
+    def __init__(self, negatives="positives", l2_reg=0.0, **kwargs):
+        super().__init__(negatives, **kwargs)
         self.l2_reg = _utils.check_number("l2_reg", l2_reg, minimum=0.0)
 
-    def call(self, y_true, y_pred):
-        return npair_loss(y_true, y_pred, negatives=self.negatives, l2_reg=self.l2_reg,
-                          cross_replica=self.cross_replica)
+    def compute_loss(self, embeddings, layout, negative):
+        similarity = pairwise_dot(embeddings)
+        candidates = ops.logical_or(layout.positive_matrix, negative)
+        log_normalizer = masked_logsumexp(similarity, candidates, axis=1)
+        positive_logit = ops.sum(
+            ops.where(layout.positive_matrix, similarity, ops.zeros_like(similarity)), axis=1
+        )
+        loss = masked_mean(log_normalizer - positive_logit, layout.anchors)
+        if self.l2_reg > 0.0:
+            squared_norms = ops.sum(ops.square(embeddings), axis=1)
+            positives = ops.any(layout.positive_matrix, axis=0)
+            loss = loss + 0.25 * self.l2_reg * (
+                masked_mean(squared_norms, layout.anchors) + masked_mean(squared_norms, positives)
+            )
+        return loss
 
     def bounds(self, batch_size):
         """(lower, upper) for L2-normalized ``p x 2`` batches of `batch_size` (eq. 8)."""
@@ -235,13 +257,12 @@ class NPairLoss(BatchLoss):
 
     def get_config(self):
         config = super().get_config()
-        config["cross_replica"] = self.cross_replica
-        config.update({"negatives": self.negatives, "l2_reg": self.l2_reg})
+        config["l2_reg"] = self.l2_reg
         return config
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class AngularLoss(BatchLoss):
+class AngularLoss(_NPairBatchLoss):
     """Angular loss for N-pair batches (Wang et al. 2017, "Deep Metric Learning with Angular Loss").
 
     Formula (SVMax paper eqs. 9-10), ``t = tan^2(alpha)``::
@@ -258,19 +279,8 @@ class AngularLoss(BatchLoss):
         alpha: angle in degrees, in (0, 90). Defaults to `45.0` (the paper).
         negatives: `"positives"` (default, Wang et al.'s N-pair code: the other classes'
             positives) or `"all"` (every sample of another class, eq. 9's ``n in B``).
-        reduction: kept for Keras compatibility; the loss is already a scalar, so it has
-            no effect.
-        name: name of the loss. Defaults to `"angular_loss"`.
-        dtype: dtype of the returned loss. Defaults to `keras.backend.floatx()`. (The
-            computation runs in float32, or float64 for float64 embeddings.)
-        cross_replica: bool. Under a ``tf.distribute`` strategy, gather the labels and
-            embeddings of all replicas and compute the loss (mining included) over the
-            global batch; each replica receives the gradient of its own rows. Like every
-            Keras loss, the value returned inside a replica is divided by the number of
-            replicas, so one ``model.fit`` step and the reported loss equal a single-device
-            step on the global batch. Defaults to `False` (each replica mines its own
-            slice). No-op outside a strategy and on JAX, whose ``DataParallel`` step
-            already sees the global batch. See ``docs/guides/multi-worker.md``.
+        **kwargs: ``cross_replica``, ``reduction``, ``name``, ``dtype``: see
+            :class:`~keras_featreg.losses.BatchLoss`.
 
     Example:
 
@@ -285,23 +295,19 @@ class AngularLoss(BatchLoss):
     [0.0004, 10.2627]
     """
 
-    def __init__(
-        self,
-        alpha=45.0,
-        negatives="positives",
-        reduction="sum_over_batch_size",
-        name="angular_loss",
-        dtype=None,
-        cross_replica=False,
-    ):
-        super().__init__(name=name, reduction=reduction, dtype=dtype)
-        self.cross_replica = check_bool("cross_replica", cross_replica)
+    def __init__(self, alpha=45.0, negatives="positives", **kwargs):
+        super().__init__(negatives, **kwargs)
         self.alpha = _check_alpha(alpha)
-        self.negatives = _check_negatives(negatives)
 
-    def call(self, y_true, y_pred):
-        return angular_loss(y_true, y_pred, alpha=self.alpha, negatives=self.negatives,
-                            cross_replica=self.cross_replica)
+    def compute_loss(self, embeddings, layout, negative):
+        tan2 = math.tan(math.radians(self.alpha)) ** 2
+        # Row a of `positive_embeddings` is the positive of anchor a (zeros for non-anchors).
+        positive_embeddings = ops.matmul(ops.cast(layout.positive_matrix, embeddings.dtype), embeddings)
+        anchor_positive = ops.sum(embeddings * positive_embeddings, axis=1, keepdims=True)
+        pair_negative = pairwise_dot(embeddings + positive_embeddings, embeddings)
+        f = 4.0 * tan2 * pair_negative - 2.0 * (1.0 + tan2) * anchor_positive
+        losses = masked_logsumexp(f, negative, axis=1, include_zero=True)
+        return masked_mean(losses, layout.anchors)
 
     def bounds(self, batch_size):
         """(lower, upper) for L2-normalized ``p x 2`` batches (eq. 12, corrected upper)."""
@@ -309,6 +315,5 @@ class AngularLoss(BatchLoss):
 
     def get_config(self):
         config = super().get_config()
-        config["cross_replica"] = self.cross_replica
-        config.update({"alpha": self.alpha, "negatives": self.negatives})
+        config["alpha"] = self.alpha
         return config

@@ -8,41 +8,13 @@ from keras import ops
 from keras_featreg import _utils
 from keras_featreg import distances as distances_lib
 from keras_featreg import miners as miners_lib
-from keras_featreg import mining as mining_lib
 from keras_featreg import reducers as reducers_lib
-from keras_featreg.losses._base import (
-    KERAS_DEFAULT_REDUCTION,
-    PACKAGE,
-    MetricLoss,
-    check_batch_size,
-    check_bool,
-    check_margin,
-)
+from keras_featreg.losses._base import PACKAGE, MetricLoss, check_batch_size
 
 
-def triplet_loss(y_true, y_pred, margin=0.2, mining="semi-hard", soft=False, distance="euclidean",
-                 cross_replica=False, reducer=None):
-    """Triplet loss over the triplets that `mining` selects from the batch (eq. 5).
-
-    ``L = mean [D(a, p) - D(a, n) + margin]_+`` (``soft=False``) or
-    ``L = mean log(1 + exp(D(a, p) - D(a, n)))`` (``soft=True``, margin unused), over the
-    triplets of :func:`keras_featreg.mining.batch_semi_hard`, ``batch_hard`` or
-    ``batch_all`` (the latter averages over the triplets with a positive loss).
-    See :class:`TripletLoss`. `mining` may also be a :mod:`keras_featreg.miners`
-    triplet miner or a callable
-    ``(distances (b, b), labels (b,)) -> keras_featreg.mining.MinedTriplets``
-    (``keras_featreg.mining.batch_all`` itself runs the O(b^2)-memory "all" path).
-
-    ``cross_replica=True``: under a ``tf.distribute`` strategy, mine and average over the
-    global batch (labels and embeddings of all replicas gathered); every replica returns
-    the global value, unscaled like the formula. No-op outside a strategy and on JAX.
-
-    Returns:
-        Scalar tensor (float32 for half-precision `y_pred`); 0 when the batch has no
-        valid triplet.
-    """
-    return TripletLoss(margin=margin, mining=mining, soft=soft, distance=distance,
-                       cross_replica=cross_replica, reducer=reducer).call(y_true, y_pred)
+def triplet_loss(y_true, y_pred, **kwargs):
+    """:class:`TripletLoss` ``(**kwargs)`` of a batch (eq. 5), as a function."""
+    return TripletLoss(**kwargs).call(y_true, y_pred)
 
 
 def triplet_loss_bounds(margin=0.2, distance="euclidean", soft=False):
@@ -54,8 +26,8 @@ def triplet_loss_bounds(margin=0.2, distance="euclidean", soft=False):
     ``[log(1 + e^-D_max), log(1 + e^D_max)]`` for the soft margin. Holds for every
     mining strategy and reducer that averages (each is a mean of per-triplet terms).
     """
-    margin = check_margin(margin)
-    check_bool("soft", soft)
+    margin = _utils.check_number("margin", margin, minimum=0.0)
+    _utils.check_bool("soft", soft)
     d_max = _spread(distance)
     if soft:
         return (math.log1p(math.exp(-d_max)), math.log1p(math.exp(d_max)))
@@ -72,29 +44,29 @@ def _spread(distance):
 
 
 def _batch_all_loss(distances, labels, margin, soft, masks=None, reducer=None):
-    """"Batch all" triplet loss without the ``(b, b, b)`` tensors of :func:`mining.batch_all`.
+    """"Batch all" triplet loss without the ``(b, b, b)`` tensors of :func:`keras_featreg.miners.batch_all`.
 
     Hinge: ``sum(sums) / max(sum(counts), 1)`` from
-    :func:`keras_featreg.mining.batch_all_hinge_sums`, O(b^2 log b) time and O(b^2)
+    :func:`keras_featreg.miners.batch_all_hinge_sums`, O(b^2 log b) time and O(b^2)
     memory. Soft margin: ``sum_{a, p, n} log(1 + exp(D[a, p] - D[a, n]))`` has no sorted
-    form; :func:`keras_featreg.mining.batch_all_soft_mean` keeps O(b^3) time but O(b^2)
+    form; :func:`keras_featreg.miners.batch_all_soft_mean` keeps O(b^3) time but O(b^2)
     memory (anchors in chunks). Another `reducer` than the default (mean over the
     active triplets): ``"mean"`` and ``"sum"`` from the same sums (hinge); otherwise the
     O(b^3)-memory triplet tensor.
     """
     default = reducer is None or type(reducer) is reducers_lib.AvgNonZeroReducer
     if soft and default:
-        return mining_lib.batch_all_soft_mean(distances, labels, masks=masks)
+        return miners_lib.batch_all_soft_mean(distances, labels, masks=masks)
     if not soft and (default or type(reducer) in (reducers_lib.MeanReducer,
                                                    reducers_lib.SumReducer)):
-        sums, counts = mining_lib.batch_all_hinge_sums(distances, labels, margin, masks=masks)
+        sums, counts = miners_lib.batch_all_hinge_sums(distances, labels, margin, masks=masks)
         if default:
             return ops.sum(sums) / ops.maximum(ops.sum(counts), 1.0)
-        positive, negative = mining_lib._masks(labels, masks)
+        positive, negative = masks
         negatives = ops.sum(ops.cast(negative, distances.dtype), axis=1, keepdims=True)
         num_terms = ops.sum(ops.cast(positive, distances.dtype) * negatives)
         return reducer.from_sums(ops.sum(sums), num_terms, ops.sum(counts))
-    mined = mining_lib.batch_all(distances, labels, masks=masks)
+    mined = miners_lib.batch_all(distances, labels, masks=masks)
     return _reduce_triplets(mined, margin, soft, reducer)
 
 
@@ -116,9 +88,9 @@ class TripletLoss(MetricLoss):
         loss = mean_{(a, p, n) mined} [D(a, p) - D(a, n) + margin]_+      # soft=False
         loss = mean_{(a, p, n) mined} log(1 + exp(D(a, p) - D(a, n)))     # soft=True
 
-    Mining (:mod:`keras_featreg.mining`):
+    Mining (:mod:`keras_featreg.miners`):
 
-    * ``"semi-hard"``: for every positive pair ``(a, p)``, the closest negative farther
+    * ``"semi_hard"``: for every positive pair ``(a, p)``, the closest negative farther
       than ``p``; if there is none, the farthest negative. Mean over positive pairs.
       Identical to ``tfa.losses.TripletSemiHardLoss``.
     * ``"hard"``: for every anchor, the farthest positive and the closest negative. Mean
@@ -127,7 +99,7 @@ class TripletLoss(MetricLoss):
     * ``"all"``: every valid triplet; mean over the triplets whose loss is > 0 (with
       ``soft=True``: over all valid triplets).
 
-    Cost: ``"semi-hard"`` and ``"all"`` sort each anchor's negative distances once and
+    Cost: ``"semi_hard"`` and ``"all"`` sort each anchor's negative distances once and
     binary-search them, O(b^2 log b) time and O(b^2) memory (FaceNet's b = 1800 fits),
     with the values and gradients of the O(b^3) definitions; ``"all"`` with
     ``soft=True`` keeps O(b^3) time (a softplus has no prefix-sum form) in O(b^2)
@@ -142,10 +114,10 @@ class TripletLoss(MetricLoss):
         margin: float >= 0, the margin ``m``. Defaults to `0.2` (the paper). Not used
             when ``soft=True`` (the soft-margin formulation has no margin, as
             tensorflow-addons' ``soft=True``).
-        mining: the triplet miner: `"semi-hard"` (default), `"hard"`, `"all"`, a
+        mining: the triplet miner: `"semi_hard"` (default), `"hard"`, `"all"`, a
             :mod:`keras_featreg.miners` triplet miner (``SemiHardMiner()``,
             ``BatchHardMiner()``, ``BatchAllMiner()``) or a callable
-            ``(distances (b, b), labels (b,)) -> keras_featreg.mining.MinedTriplets``.
+            ``(distances (b, b), labels (b,)) -> keras_featreg.miners.MinedTriplets``.
         soft: bool, softplus ("soft margin") instead of the hinge. Defaults to `False`.
         distance: `"euclidean"` (default, tfa's ``"L2"``), `"squared_euclidean"` (tfa's
             ``"squared-L2"``), `"cosine"` (``1 - cos``, tfa's ``"angular"``), or any
@@ -154,20 +126,9 @@ class TripletLoss(MetricLoss):
         reducer: how the mined terms are averaged (:mod:`keras_featreg.reducers`).
             Default: ``"mean_nonzero"`` for ``"all"`` (Hermans et al.), ``"mean"``
             otherwise (FaceNet: every positive pair; batch-hard: every anchor).
-        reduction: only Keras's default is accepted (see
-            :class:`keras_featreg.losses.BatchLoss`); use `reducer`.
         miner: alias of `mining` (pytorch-metric-learning's name); when given it wins.
-        name: name of the loss. Defaults to `"triplet_loss"`.
-        dtype: dtype of the returned loss. Defaults to `keras.backend.floatx()`. (The
-            computation runs in float32, or float64 for float64 embeddings.)
-        cross_replica: bool. Under a ``tf.distribute`` strategy, gather the labels and
-            embeddings of all replicas and compute the loss (mining included) over the
-            global batch; each replica receives the gradient of its own rows. Like every
-            Keras loss, the value returned inside a replica is divided by the number of
-            replicas, so one ``model.fit`` step and the reported loss equal a single-device
-            step on the global batch. Defaults to `False` (each replica mines its own
-            slice). No-op outside a strategy and on JAX, whose ``DataParallel`` step
-            already sees the global batch. See ``docs/guides/multi-worker.md``.
+        **kwargs: ``cross_replica``, ``reduction``, ``name``, ``dtype``: see
+            :class:`~keras_featreg.losses.MetricLoss`.
 
     Example:
 
@@ -184,30 +145,18 @@ class TripletLoss(MetricLoss):
 
     miner_output = "triplets"
 
-    def __init__(
-        self,
-        margin=0.2,
-        mining="semi-hard",
-        soft=False,
-        distance="euclidean",
-        reducer=None,
-        reduction=KERAS_DEFAULT_REDUCTION,
-        name="triplet_loss",
-        dtype=None,
-        cross_replica=False,
-        miner=None,
-    ):
+    def __init__(self, margin=0.2, mining="semi_hard", soft=False, distance="euclidean",
+                 reducer=None, miner=None, **kwargs):
         miner_arg = "mining" if miner is None else "miner"
         miner = mining if miner is None else miner
         if miner is None:
             raise ValueError("`mining` must be a triplet miner; the triplet loss has no "
                              "meaning without one. Received: mining=None")
         self._explicit_reducer = reducer is not None
-        super().__init__(distance=distance, miner=miner, reducer=reducer,
-                         cross_replica=cross_replica, reduction=reduction, name=name,
-                         dtype=dtype, miner_arg=miner_arg)
-        self.margin = check_margin(margin)
-        self.soft = check_bool("soft", soft)
+        super().__init__(distance=distance, miner=miner, reducer=reducer, miner_arg=miner_arg,
+                         **kwargs)
+        self.margin = _utils.check_number("margin", margin, minimum=0.0)
+        self.soft = _utils.check_bool("soft", soft)
         self.mining = miners_lib.name_of(self.miner)
 
     def _mines_itself(self):
@@ -218,9 +167,9 @@ class TripletLoss(MetricLoss):
         if self._mines_itself():
             return _batch_all_loss(self.distance.as_distance(matrix), None, self.margin,
                                    self.soft, masks=(positive, negative), reducer=reducer)
-        if not isinstance(mined, mining_lib.MinedTriplets):
+        if not isinstance(mined, miners_lib.MinedTriplets):
             raise ValueError(
-                f"TripletLoss needs its miner to return keras_featreg.mining.MinedTriplets. "
+                f"TripletLoss needs its miner to return keras_featreg.miners.MinedTriplets. "
                 f"Received from {self.miner!r}: {type(mined).__name__}"
             )
         return _reduce_triplets(mined, self.margin, self.soft, reducer)

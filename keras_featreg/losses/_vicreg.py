@@ -5,10 +5,8 @@ import numpy as np
 
 from keras_featreg import _utils
 from keras_featreg import backend as _backend
-from keras_featreg.losses._base import BatchLoss
+from keras_featreg.losses._base import PACKAGE, BatchLoss
 from keras_featreg.ops import moments
-
-_PACKAGE = "keras_featreg"
 
 
 def vicreg_terms(z_a, z_b, gamma=1.0, epsilon=1e-4, covariance_method="auto",
@@ -28,15 +26,19 @@ def vicreg_terms(z_a, z_b, gamma=1.0, epsilon=1e-4, covariance_method="auto",
     z_a, z_b = _views(z_a, z_b)
     if cross_replica:
         z_a, z_b = _backend.gather_replicas([z_a, z_b])
-    terms = {
+    finite = _utils.all_finite(z_a, z_b)
+    terms = _terms(z_a, z_b, gamma, epsilon, covariance_method)
+    return {name: _utils.nan_unless(finite, term) for name, term in terms.items()}
+
+
+def _terms(z_a, z_b, gamma, epsilon, covariance_method):
+    return {
         "invariance": moments.invariance_penalty(z_a, z_b),
         "variance": 0.5 * moments.variance_penalty(z_a, gamma, epsilon)
         + 0.5 * moments.variance_penalty(z_b, gamma, epsilon),
         "covariance": moments.covariance_penalty(z_a, covariance_method)
         + moments.covariance_penalty(z_b, covariance_method),
     }
-    finite = _utils.all_finite(z_a, z_b)
-    return {name: _utils.nan_unless(finite, term) for name, term in terms.items()}
 
 
 def _views(z_a, z_b):
@@ -53,10 +55,10 @@ def _views(z_a, z_b):
             _utils.as_float_tensor(z_b, name="z_b", min_rank=2, max_rank=2))
 
 
-def vicreg_loss(z_a, z_b, invariance_factor=25.0, variance_factor=25.0,
-                covariance_factor=1.0, gamma=1.0, epsilon=1e-4, covariance_method="auto",
-                cross_replica=False):
-    """VICReg loss of two batches of embeddings, as the official code computes it.
+def vicreg_loss(z_a, z_b, **kwargs):
+    """:class:`VICRegLoss` ``(**kwargs)`` of two batches of embeddings, as a function.
+
+    As the official code computes it:
 
     ::
 
@@ -71,13 +73,32 @@ def vicreg_loss(z_a, z_b, invariance_factor=25.0, variance_factor=25.0,
     ``cross_replica=True``: under a ``tf.distribute`` strategy every replica returns the loss
     of the global batch (see :func:`vicreg_terms`); unscaled, like the formula.
     """
-    terms = vicreg_terms(z_a, z_b, gamma, epsilon, covariance_method, cross_replica)
-    return (invariance_factor * terms["invariance"] + variance_factor * terms["variance"]
-            + covariance_factor * terms["covariance"])
+    return VICRegLoss(**kwargs).call(z_a, z_b)
 
 
-@keras.saving.register_keras_serializable(package=_PACKAGE)
-class VICRegLoss(BatchLoss):
+class TwoViewLoss(BatchLoss):
+    """Base of the two-view losses, called as ``loss(z_a, z_b)``: both views validated
+    (same shape, float), gathered over replicas with ``cross_replica``, NaN when either
+    holds a NaN or an infinity. A subclass implements ``compute_loss(z_a, z_b)``."""
+
+    def call(self, y_true, y_pred):
+        z_a, z_b = _views(y_true, y_pred)
+        if self.cross_replica:
+            z_a, z_b = _backend.gather_replicas([z_a, z_b])
+        return _utils.nan_unless(_utils.all_finite(z_a, z_b), self.compute_loss(z_a, z_b))
+
+    def compute_loss(self, z_a, z_b):
+        raise NotImplementedError
+
+    def __call__(self, y_true, y_pred, sample_weight=None):
+        if sample_weight is not None:
+            return super().__call__(y_true, y_pred, sample_weight)  # raises the clear error
+        # The value keeps the compute dtype (float64 views give a float64 loss).
+        return _backend.scale_loss_for_replicas(self.call(y_true, y_pred))
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class VICRegLoss(TwoViewLoss):
     """VICReg's two-view loss, called as ``loss(z_a, z_b)``.
 
     See :func:`vicreg_loss` for the formula. Defaults reproduce the official code
@@ -92,10 +113,8 @@ class VICRegLoss(BatchLoss):
         gamma: target standard deviation (> 0).
         epsilon: variance epsilon (> 0).
         covariance_method: ``"auto"``, ``"covariance"`` or ``"gram"``.
-        cross_replica: compute the loss on the global batch under a ``tf.distribute``
-            strategy (all-gather of both views).  Either way, like every Keras loss, the
-            value returned inside a replica of a ``tf.distribute`` strategy is divided by
-            the number of replicas (Keras sums the replicas' gradients).  No-op on JAX.
+        **kwargs: ``cross_replica`` (all-gather of both views), ``reduction``,
+            ``name``, ``dtype``: see :class:`~keras_featreg.losses.BatchLoss`.
 
     Example (custom ``train_step``, TensorFlow backend)::
 
@@ -105,36 +124,30 @@ class VICRegLoss(BatchLoss):
     """
 
     def __init__(self, invariance_factor=25.0, variance_factor=25.0, covariance_factor=1.0,
-                 gamma=1.0, epsilon=1e-4, covariance_method="auto", name="vicreg_loss",
-                 reduction="sum_over_batch_size", dtype=None, cross_replica=False):
-        super().__init__(name=name, reduction=reduction, dtype=dtype)
+                 gamma=1.0, epsilon=1e-4, covariance_method="auto", **kwargs):
+        super().__init__(**kwargs)
         self.invariance_factor = _utils.check_number("invariance_factor", invariance_factor, 0.0)
         self.variance_factor = _utils.check_number("variance_factor", variance_factor, 0.0)
         self.covariance_factor = _utils.check_number("covariance_factor", covariance_factor, 0.0)
-        self.gamma = _utils.check_number("gamma", gamma, 0.0, strict=True)
-        self.epsilon = _utils.check_number("epsilon", epsilon, 0.0, strict=True)
+        self.gamma = _utils.check_positive("gamma", gamma)
+        self.epsilon = _utils.check_positive("epsilon", epsilon)
         self.covariance_method = _utils.check_choice(
             "covariance_method", covariance_method, moments.COVARIANCE_METHODS)
-        self.cross_replica = bool(cross_replica)
 
-    def call(self, y_true, y_pred):
-        return vicreg_loss(y_true, y_pred, self.invariance_factor, self.variance_factor,
-                           self.covariance_factor, self.gamma, self.epsilon,
-                           self.covariance_method, self.cross_replica)
-
-    def __call__(self, y_true, y_pred, sample_weight=None):
-        if sample_weight is not None:
-            return super().__call__(y_true, y_pred, sample_weight)  # raises the clear error
-        return _backend.scale_loss_for_replicas(self.call(y_true, y_pred))
+    def compute_loss(self, z_a, z_b):
+        terms = _terms(z_a, z_b, self.gamma, self.epsilon, self.covariance_method)
+        return (self.invariance_factor * terms["invariance"]
+                + self.variance_factor * terms["variance"]
+                + self.covariance_factor * terms["covariance"])
 
     def get_config(self):
-        return {
-            "name": self.name,
+        config = super().get_config()
+        config.update({
             "invariance_factor": self.invariance_factor,
             "variance_factor": self.variance_factor,
             "covariance_factor": self.covariance_factor,
             "gamma": self.gamma,
             "epsilon": self.epsilon,
             "covariance_method": self.covariance_method,
-            "cross_replica": self.cross_replica,
-        }
+        })
+        return config

@@ -15,84 +15,9 @@ from keras import ops
 
 from keras_featreg import _utils
 from keras_featreg import miners as miners_lib
-from keras_featreg import mining as mining_lib
-from keras_featreg.losses._base import (
-    KERAS_DEFAULT_REDUCTION,
-    PACKAGE,
-    BatchLoss,
-    MetricLoss,
-    check_int,
-    embeddings_of,
-)
-
-# Built EmbeddingMemory layers by name (the last built wins), for deserialized losses.
-_REGISTRY = weakref.WeakValueDictionary()
-
-
-@keras.saving.register_keras_serializable(package=PACKAGE)
-class EmbeddingMemory(keras.layers.Layer):
-    """A FIFO memory of embeddings and labels, kept as non-trainable weights.
-
-    The layer returns its input unchanged; it only gives the memory of a
-    :class:`~keras_featreg.losses.CrossBatchMemory` a place in the model (its variables
-    are saved, restored and carried through ``model.fit`` like batch-norm statistics).
-    Place it right after the embedding: ``outputs = xbm.memory(embeddings)``.
-
-    Weights: ``embeddings`` ``(memory_size, embedding_size)``, ``labels``
-    ``(memory_size,)`` int32, ``position`` (next slot to write) and ``count`` (number of
-    filled slots, at most ``memory_size``).
-
-    Args:
-        memory_size: number of slots (>= the batch size).
-        embedding_size: dimension of the embeddings.
-
-    Example:
-
-    >>> from keras_featreg.layers import EmbeddingMemory
-    >>> memory = EmbeddingMemory(memory_size=4, embedding_size=2)
-    >>> memory.build((None, 2))
-    >>> [tuple(w.shape) for w in memory.weights]
-    [(4, 2), (4,), (), ()]
-    """
-
-    def __init__(self, memory_size, embedding_size, **kwargs):
-        super().__init__(**kwargs)
-        self.memory_size = check_int("memory_size", memory_size)
-        self.embedding_size = check_int("embedding_size", embedding_size)
-
-    def build(self, input_shape=None):
-        if input_shape is not None and input_shape[-1] not in (None, self.embedding_size):
-            raise ValueError(
-                f"EmbeddingMemory {self.name!r} stores embeddings of size "
-                f"{self.embedding_size}. Received: input_shape={tuple(input_shape)}")
-        m, d = self.memory_size, self.embedding_size
-        self.embeddings = self.add_weight(shape=(m, d), initializer="zeros", trainable=False,
-                                          name="embeddings")
-        self.labels = self.add_weight(shape=(m,), initializer="zeros", trainable=False,
-                                      dtype="int32", name="labels")
-        self.position = self.add_weight(shape=(), initializer="zeros", trainable=False,
-                                        dtype="int32", name="position")
-        self.count = self.add_weight(shape=(), initializer="zeros", trainable=False,
-                                     dtype="int32", name="count")
-        _REGISTRY[self.name] = self
-        self.built = True
-
-    def call(self, inputs):
-        return inputs
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
-    def reset(self):
-        """Empties the memory (zeros every slot, position and count)."""
-        for v in self.weights:
-            v.assign(ops.zeros(v.shape, v.dtype))
-
-    def get_config(self):
-        config = super().get_config()
-        config.update({"memory_size": self.memory_size, "embedding_size": self.embedding_size})
-        return config
-
+from keras_featreg.layers import _MEMORIES, EmbeddingMemory
+from keras_featreg.losses._base import PACKAGE, BatchLoss, MetricLoss, embeddings_of
+from keras_featreg.ops.labels import check_labels, pair_masks
 
 def _stateless_scope():
     try:
@@ -151,7 +76,8 @@ class CrossBatchMemory(BatchLoss):
             batch-memory pairs before the wrapped loss (intersected with its own miner).
         memory_name: name of an existing :class:`EmbeddingMemory` to use instead of a new
             one (set by deserialization).
-        name: defaults to `"cross_batch_memory"`.
+        **kwargs: ``reduction``, ``name``, ``dtype``: see
+            :class:`~keras_featreg.losses.BatchLoss` (``cross_replica=True`` is refused).
 
     Example:
 
@@ -169,11 +95,14 @@ class CrossBatchMemory(BatchLoss):
     """
 
     def __init__(self, loss, embedding_size, memory_size=1024, miner=None, memory_name=None,
-                 reduction=KERAS_DEFAULT_REDUCTION, name="cross_batch_memory", dtype=None):
-        super().__init__(reduction=reduction, name=name, dtype=dtype)
+                 **kwargs):
+        super().__init__(**kwargs)
+        if self.cross_replica:
+            raise ValueError("CrossBatchMemory does not support tf.distribute replicas. "
+                             "Received: cross_replica=True")
         self.loss = _check_wrapped(loss)
-        self.embedding_size = check_int("embedding_size", embedding_size)
-        self.memory_size = check_int("memory_size", memory_size)
+        self.embedding_size = _utils.check_int("embedding_size", embedding_size)
+        self.memory_size = _utils.check_int("memory_size", memory_size)
         self.miner = miners_lib.get(miner)
         if self.miner is not None and self.miner.output not in ("pairs", "unknown"):
             raise ValueError(
@@ -193,7 +122,7 @@ class CrossBatchMemory(BatchLoss):
     def memory(self):
         """The :class:`EmbeddingMemory` layer to place in the model."""
         if self._memory is None:
-            layer = _REGISTRY.get(self.memory_name)
+            layer = _MEMORIES.get(self.memory_name)
             if layer is None:
                 raise ValueError(
                     f"CrossBatchMemory {self.name!r} found no built EmbeddingMemory named "
@@ -226,8 +155,8 @@ class CrossBatchMemory(BatchLoss):
         return memory
 
     def call(self, y_true, y_pred):
-        embeddings = embeddings_of(y_pred)
-        labels = ops.cast(mining_lib.labels_vector(y_true, name="y_true"), "int32")
+        labels, embeddings = check_labels(y_true, embeddings_of(y_pred))
+        labels = ops.cast(labels, "int32")
         b = embeddings.shape[0]
         if b is not None and int(b) > self.memory_size:
             raise ValueError(
@@ -263,7 +192,7 @@ class CrossBatchMemory(BatchLoss):
         pair_mask = None
         if self.miner is not None:
             matrix = self.loss.distance(embeddings, ref_emb)
-            positive, negative = miners_lib.reference_masks(labels, mem_lab, same_sample)
+            positive, negative = pair_masks(labels, mem_lab, same_sample)
             valid = ops.expand_dims(ref_valid, 0)
             positive = ops.logical_and(positive, valid)
             negative = ops.logical_and(negative, valid)

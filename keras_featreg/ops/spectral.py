@@ -64,7 +64,7 @@ from keras import ops
 
 from keras_featreg import _utils
 from keras_featreg import backend as _backend
-from keras_featreg.ops import distances
+from keras_featreg.ops import pairwise
 
 NUCLEAR_NORM_METHODS = ("auto", "svd", "gram", "newton_schulz")
 FEATURE_REDUCTIONS = ("flatten", "average")
@@ -88,8 +88,8 @@ _AUTO_SVD_MAX_WORK = 2**18
 
 
 def l2_normalize_rows(x, epsilon=1e-12):
-    """Divides each row by its L2 norm (:func:`keras_featreg.ops.distances.l2_normalize`)."""
-    return distances.l2_normalize(x, axis=-1, epsilon=epsilon)
+    """Divides each row by its L2 norm (:func:`keras_featreg.ops.pairwise.l2_normalize`)."""
+    return pairwise.l2_normalize(x, axis=-1, epsilon=epsilon)
 
 
 def reduce_features(x, mode="flatten"):

@@ -52,7 +52,7 @@ def l2_normalize(x, axis=-1, epsilon=_NORM_EPS):
     Example:
 
     >>> import numpy as np
-    >>> from keras_featreg.ops.distances import l2_normalize
+    >>> from keras_featreg.ops.pairwise import l2_normalize
     >>> np.asarray(l2_normalize(np.array([[3.0, 4.0], [0.0, 0.0]])), dtype=float).round(6).tolist()
     [[0.6, 0.8], [0.0, 0.0]]
     """
@@ -74,7 +74,7 @@ def pairwise_dot(x, y=None):
     Example:
 
     >>> import numpy as np
-    >>> from keras_featreg.ops.distances import pairwise_dot
+    >>> from keras_featreg.ops.pairwise import pairwise_dot
     >>> np.asarray(pairwise_dot(np.array([[1.0, 2.0], [3.0, 4.0]]))).tolist()
     [[5.0, 11.0], [11.0, 25.0]]
     """
@@ -100,7 +100,7 @@ def cosine_similarity_matrix(x, y=None):
     Example:
 
     >>> import numpy as np
-    >>> from keras_featreg.ops.distances import cosine_similarity_matrix
+    >>> from keras_featreg.ops.pairwise import cosine_similarity_matrix
     >>> np.asarray(cosine_similarity_matrix(np.array([[1.0, 0.0], [1.0, 1.0]])), dtype=float).round(4).tolist()
     [[1.0, 0.7071], [0.7071, 1.0]]
     """
@@ -125,7 +125,7 @@ def unit_roundoff(dtype):
 
     Example:
 
-    >>> from keras_featreg.ops.distances import unit_roundoff
+    >>> from keras_featreg.ops.pairwise import unit_roundoff
     >>> unit_roundoff("float32") == 2.0**-24, unit_roundoff("float64") == 2.0**-53
     (True, True)
     """
@@ -149,7 +149,7 @@ def expansion_error_coefficient(num_features, dtype):
 
     Example:
 
-    >>> from keras_featreg.ops.distances import expansion_error_coefficient
+    >>> from keras_featreg.ops.pairwise import expansion_error_coefficient
     >>> round(expansion_error_coefficient(128, "float32") / 2.0**-24, 1)
     260.0
     """
@@ -247,7 +247,7 @@ def squared_euclidean_matrix(x, y=None, refine=REFINED_PER_ROW):
     Example:
 
     >>> import numpy as np
-    >>> from keras_featreg.ops.distances import squared_euclidean_matrix
+    >>> from keras_featreg.ops.pairwise import squared_euclidean_matrix
     >>> x = np.array([[1.0, 2.0], [1.0, 2.0], [4.0, 6.0]], "float32")
     >>> np.asarray(squared_euclidean_matrix(x)).tolist()
     [[0.0, 0.0, 25.0], [0.0, 0.0, 25.0], [25.0, 25.0, 0.0]]
@@ -323,7 +323,7 @@ def pairwise_distances(x, y=None, metric="euclidean"):
     Example:
 
     >>> import numpy as np
-    >>> from keras_featreg.ops.distances import pairwise_distances
+    >>> from keras_featreg.ops.pairwise import pairwise_distances
     >>> x = np.array([[0.0, 0.0], [3.0, 4.0]])
     >>> np.asarray(pairwise_distances(x)).tolist()
     [[0.0, 5.0], [5.0, 0.0]]
@@ -364,7 +364,7 @@ def safe_sqrt(x, epsilon=_SQRT_EPS):
     Example:
 
     >>> import numpy as np
-    >>> from keras_featreg.ops.distances import safe_sqrt
+    >>> from keras_featreg.ops.pairwise import safe_sqrt
     >>> np.asarray(safe_sqrt(np.array([0.0, 4.0]))).tolist()
     [0.0, 2.0]
     """
@@ -381,7 +381,7 @@ def max_distance_on_unit_sphere(metric):
 
     Example:
 
-    >>> from keras_featreg.ops.distances import max_distance_on_unit_sphere
+    >>> from keras_featreg.ops.pairwise import max_distance_on_unit_sphere
     >>> max_distance_on_unit_sphere("squared_euclidean")
     4.0
     """

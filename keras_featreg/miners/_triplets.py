@@ -1,7 +1,6 @@
-"""Pair and triplet selection ("mining") over a distance matrix and integer labels.
+"""Triplet mining: FaceNet semi-hard, batch-hard and batch-all, functions and miners.
 
-Pure ``keras.ops`` functions, shared by the ranking losses of
-:mod:`keras_featreg.losses_ranking` and usable on their own. Nothing here depends on
+Pure ``keras.ops`` functions behind the triplet miners (and usable on their own). Nothing here depends on
 a particular loss: a miner takes a ``(b, b)`` distance matrix and ``(b,)`` labels and
 returns a :class:`MinedTriplets` -- the anchor-positive distances, the anchor-negative
 distances (broadcastable against each other) and the mask of the terms that exist.
@@ -22,94 +21,18 @@ Conventions:
   and binary-search them: O(b^2 log b) time, O(b^2) memory, the same values and
   gradients as the O(b^3) definitions (tensorflow-addons' semi-hard loss is O(b^3)).
   :func:`batch_all_soft_mean` keeps O(b^3) time (a softplus has no prefix-sum form) in
-  O(b^2) memory. :func:`keras_featreg.losses_ranking.triplet_loss` uses these for
+  O(b^2) memory. :class:`keras_featreg.losses.TripletLoss` uses these for
   ``mining="semi-hard"`` and ``"all"``.
 """
 
-import collections
-
+import keras
 from keras import ops
 
 from keras_featreg import backend as _backend
-
-MinedTriplets = collections.namedtuple(
-    "MinedTriplets",
-    ["positive_distances", "negative_distances", "mask", "average_over_active"],
-)
-MinedTriplets.__doc__ = """Result of a triplet miner.
-
-Attributes:
-    positive_distances: anchor-positive distances, broadcastable with the two others.
-    negative_distances: anchor-negative distances, broadcastable with the two others.
-    mask: boolean tensor; True where the term exists (a valid triplet was selected).
-    average_over_active: Python bool. If True the loss averages over the masked terms
-        whose loss is > 0 ("batch all", Hermans et al. 2017); otherwise over all masked
-        terms.
-"""
-
-NPairLayout = collections.namedtuple("NPairLayout", ["anchors", "positive_matrix", "positives"])
-NPairLayout.__doc__ = """Anchor/positive layout of an N-pair batch (see :func:`npair_layout`).
-
-Attributes:
-    anchors: ``(b,)`` bool, True for samples used as anchors.
-    positive_matrix: ``(b, b)`` bool, ``[a, p]`` True iff ``p`` is the positive of anchor
-        ``a`` (at most one True per row).
-    positives: ``(b,)`` bool, True for samples in the positive role.
-"""
-
-NEGATIVE_SETS = ("positives", "all")
-
-
-def labels_vector(labels, name="y_true"):
-    """Flattens labels of shape ``(b,)`` or ``(b, 1)`` to ``(b,)``.
-
-    Raises:
-        ValueError: if `labels` has rank > 2, or rank 2 with a last dimension other
-            than 1.
-    """
-    labels = ops.convert_to_tensor(labels)
-    rank = len(labels.shape)
-    if rank > 2 or (rank == 2 and labels.shape[-1] not in (1, None)):
-        raise ValueError(
-            f"`{name}` must hold one integer label per sample, shape (batch_size,) or "
-            f"(batch_size, 1). Received: {name}.shape={tuple(labels.shape)}"
-        )
-    return ops.reshape(labels, (-1,))
-
-
-def _equal_matrix(labels):
-    labels = labels_vector(labels)
-    return ops.equal(ops.expand_dims(labels, 1), ops.expand_dims(labels, 0))
-
-
-def _not_eye(n):
-    idx = ops.arange(n)
-    return ops.not_equal(ops.expand_dims(idx, 1), ops.expand_dims(idx, 0))
-
-
-def pair_masks(labels):
-    """Boolean ``(b, b)`` masks of the positive and negative pairs.
-
-    ``positive[i, j] = label_i == label_j and i != j``; ``negative[i, j] = label_i !=
-    label_j``.
-
-    Example:
-
-    >>> import numpy as np
-    >>> from keras_featreg.mining import pair_masks
-    >>> pos, neg = pair_masks(np.array([0, 0, 1]))
-    >>> np.asarray(pos).astype(int)
-    array([[0, 1, 0],
-           [1, 0, 0],
-           [0, 0, 0]])
-    >>> np.asarray(neg).astype(int)
-    array([[0, 0, 1],
-           [0, 0, 1],
-           [1, 1, 0]])
-    """
-    same = _equal_matrix(labels)
-    positive = ops.logical_and(same, _not_eye(ops.shape(same)[0]))
-    return positive, ops.logical_not(same)
+from keras_featreg._utils import PACKAGE
+from keras_featreg.miners._base import MinedTriplets, Miner
+from keras_featreg.ops import labels as _labels
+from keras_featreg.ops import masked as _masked
 
 
 def _masks(labels, masks):
@@ -121,88 +44,9 @@ def _masks(labels, masks):
     labels, or a miner restricted to pairs chosen earlier.
     """
     if masks is None:
-        return pair_masks(labels)
+        return _labels.pair_masks(labels)
     positive, negative = masks
     return ops.convert_to_tensor(positive), ops.convert_to_tensor(negative)
-
-
-def triplet_mask(labels):
-    """Boolean ``(b, b, b)`` mask, ``[a, p, n]`` True iff ``(a, p, n)`` is a valid triplet.
-
-    Example:
-
-    >>> import numpy as np
-    >>> from keras_featreg.mining import triplet_mask
-    >>> int(np.asarray(triplet_mask(np.array([0, 0, 1]))).sum())  # (0,1,2) and (1,0,2)
-    2
-    """
-    positive, negative = pair_masks(labels)
-    return ops.logical_and(ops.expand_dims(positive, 2), ops.expand_dims(negative, 1))
-
-
-def masked_min(x, mask, axis=-1):
-    """Minimum of `x` over the True entries of `mask` along `axis`.
-
-    Returns:
-        ``(values, has_any)``: `values` is 0 where the selection is empty; `has_any`
-        says whether it was. Gradients flow only to the selected minimum (split evenly
-        between exact ties, as ``ops.min``), never NaN.
-    """
-    x = ops.convert_to_tensor(x)
-    inf = ops.cast(float("inf"), x.dtype)
-    filled = ops.where(mask, x, inf)
-    values = ops.min(filled, axis=axis)
-    has_any = ops.any(ops.logical_and(mask, ops.ones_like(filled, dtype="bool")), axis=axis)
-    return ops.where(has_any, values, ops.zeros_like(values)), has_any
-
-
-def masked_max(x, mask, axis=-1):
-    """Maximum of `x` over the True entries of `mask` along `axis`.
-
-    Returns:
-        ``(values, has_any)``, `values` 0 where the selection is empty (see
-        :func:`masked_min`).
-    """
-    x = ops.convert_to_tensor(x)
-    inf = ops.cast(float("inf"), x.dtype)
-    filled = ops.where(mask, x, -inf)
-    values = ops.max(filled, axis=axis)
-    has_any = ops.any(ops.logical_and(mask, ops.ones_like(filled, dtype="bool")), axis=axis)
-    return ops.where(has_any, values, ops.zeros_like(values)), has_any
-
-
-def masked_logsumexp(x, mask, axis=-1, include_zero=False):
-    """``log(sum_{mask} exp(x))`` along `axis`, stable, with finite gradients.
-
-    Args:
-        x: float tensor.
-        mask: boolean tensor broadcastable to `x`.
-        axis: reduction axis.
-        include_zero: if True, adds an implicit extra term ``exp(0) = 1`` inside the sum,
-            i.e. computes ``log(1 + sum exp(x))``; the result is then >= 0 and defined
-            for empty selections (0).
-
-    Returns:
-        The reduction; 0 where the selection is empty (and `include_zero` is False).
-    """
-    x = ops.convert_to_tensor(x)
-    masked = ops.where(mask, x, ops.cast(float("-inf"), x.dtype))
-    shift = ops.max(masked, axis=axis, keepdims=True)
-    if include_zero:
-        shift = ops.maximum(shift, 0.0)
-    shift = ops.where(ops.isfinite(shift), shift, ops.zeros_like(shift))
-    shift = ops.stop_gradient(shift)
-    # Mask *before* exp: exp of an unselected entry could overflow, and inf * 0 = NaN in
-    # the backward pass of a where() applied afterwards.
-    terms = ops.where(mask, ops.exp(ops.where(mask, x - shift, ops.zeros_like(x))), 0.0)
-    total = ops.sum(terms, axis=axis, keepdims=True)
-    if include_zero:
-        # log(exp(-shift) + total) + shift, accurate when the sum is tiny next to 1.
-        return ops.squeeze(ops.log1p(ops.expm1(-shift) + total) + shift, axis=axis)
-    nonempty = total > 0
-    total = ops.where(nonempty, total, ops.ones_like(total))
-    out = ops.where(nonempty, ops.log(total) + shift, ops.zeros_like(total))
-    return ops.squeeze(out, axis=axis)
 
 
 def batch_all(distances, labels, masks=None):
@@ -212,7 +56,7 @@ def batch_all(distances, labels, masks=None):
     Hermans et al. (2017), "In Defense of the Triplet Loss": averaging over all valid
     triplets would let the many already-satisfied ones wash the gradient out. With a
     softplus (soft margin) every triplet is active, so this is the mean over all valid
-    triplets. O(b^3) memory: :func:`keras_featreg.losses_ranking.triplet_loss` with
+    triplets. O(b^3) memory: :class:`keras_featreg.losses.TripletLoss` with
     ``mining="all"`` (or this function as `mining`) computes the same loss without the
     ``(b, b, b)`` tensors (:func:`batch_all_hinge_sums`, :func:`batch_all_soft_mean`).
 
@@ -227,7 +71,7 @@ def batch_all(distances, labels, masks=None):
     Example:
 
     >>> import numpy as np
-    >>> from keras_featreg.mining import batch_all
+    >>> from keras_featreg.miners import batch_all
     >>> d = np.array([[0.0, 1.0, 2.0], [1.0, 0.0, 0.5], [2.0, 0.5, 0.0]])
     >>> mined = batch_all(d, np.array([0, 0, 1]))
     >>> diff = np.asarray(mined.positive_distances - mined.negative_distances)
@@ -238,7 +82,7 @@ def batch_all(distances, labels, masks=None):
     return MinedTriplets(
         positive_distances=ops.expand_dims(distances, 2),
         negative_distances=ops.expand_dims(distances, 1),
-        mask=triplet_mask(labels) if masks is None else ops.logical_and(
+        mask=_labels.triplet_mask(labels) if masks is None else ops.logical_and(
             ops.expand_dims(masks[0], 2), ops.expand_dims(masks[1], 1)),
         average_over_active=True,
     )
@@ -268,7 +112,7 @@ def batch_hard(distances, labels, masks=None):
     Example:
 
     >>> import numpy as np
-    >>> from keras_featreg.mining import batch_hard
+    >>> from keras_featreg.miners import batch_hard
     >>> d = np.array([[0.0, 1.0, 2.0], [1.0, 0.0, 0.5], [2.0, 0.5, 0.0]])
     >>> mined = batch_hard(d, np.array([0, 0, 1]))
     >>> np.asarray(mined.positive_distances).tolist(), np.asarray(mined.negative_distances).tolist()
@@ -278,8 +122,8 @@ def batch_hard(distances, labels, masks=None):
     """
     distances = ops.convert_to_tensor(distances)
     positive, negative = _masks(labels, masks)
-    hardest_positive, has_positive = masked_max(distances, positive, axis=1)
-    hardest_negative, has_negative = masked_min(distances, negative, axis=1)
+    hardest_positive, has_positive = _masked.masked_max(distances, positive, axis=1)
+    hardest_negative, has_negative = _masked.masked_min(distances, negative, axis=1)
     return MinedTriplets(
         positive_distances=hardest_positive,
         negative_distances=hardest_negative,
@@ -461,7 +305,7 @@ def batch_semi_hard(distances, labels, masks=None):
     Example:
 
     >>> import numpy as np
-    >>> from keras_featreg.mining import batch_semi_hard
+    >>> from keras_featreg.miners import batch_semi_hard
     >>> d = np.array([[0.0, 1.0, 2.0, 0.5],
     ...               [1.0, 0.0, 0.5, 1.5],
     ...               [2.0, 0.5, 0.0, 1.0],
@@ -695,8 +539,8 @@ def _batch_semi_hard_cubic(distances, labels, masks=None):
     farther = ops.logical_and(
         ops.expand_dims(negative, 1), ops.greater(anchor_negative, anchor_positive)
     )  # (a, p, n)
-    outside, has_outside = masked_min(anchor_negative, farther, axis=2)  # (a, p)
-    inside, has_negative = masked_max(distances, negative, axis=1)  # (a,)
+    outside, has_outside = _masked.masked_min(anchor_negative, farther, axis=2)  # (a, p)
+    inside, has_negative = _masked.masked_max(distances, negative, axis=1)  # (a,)
     semi_hard = ops.where(has_outside, outside, ops.expand_dims(inside, 1))
     return MinedTriplets(
         positive_distances=distances,
@@ -706,69 +550,54 @@ def _batch_semi_hard_cubic(distances, labels, masks=None):
     )
 
 
-MINERS = {"all": batch_all, "hard": batch_hard, "semi-hard": batch_semi_hard}
+# ------------------------------------------------------------------------ triplet miners
 
 
-def get_miner(name):
-    """The miner called `name`: one of ``"all"``, ``"hard"``, ``"semi-hard"``."""
-    if name not in MINERS:
-        raise ValueError(f"`mining` must be one of {sorted(MINERS)}. Received: mining={name!r}")
-    return MINERS[name]
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class SemiHardMiner(Miner):
+    """FaceNet's semi-hard negative for every positive pair (Schroff et al. 2015).
 
-
-def npair_layout(labels):
-    """Anchor/positive roles of an N-pair batch, read from the labels.
-
-    Rule: within each class, the first occurrence in the batch is the anchor and the
-    second occurrence is its positive. A class seen once has no pair (its sample is not
-    an anchor); third and later occurrences are neither anchor nor positive. The
-    intended layout has every class exactly twice (``p x 2`` batches, in any order:
-    ``[a1, p1, a2, p2, ...]`` or ``[a1, a2, ..., p1, p2, ...]``).
-
-    Returns:
-        :class:`NPairLayout`.
-
-    Example:
-
-    >>> import numpy as np
-    >>> from keras_featreg.mining import npair_layout
-    >>> layout = npair_layout(np.array([7, 3, 7, 3]))
-    >>> np.asarray(layout.anchors).tolist(), np.asarray(layout.positives).tolist()
-    ([True, True, False, False], [False, False, True, True])
+    For each positive pair ``(a, p)``: the closest negative farther than ``p``; if there
+    is none, the farthest negative. One triplet per positive pair, exactly
+    ``tfa.losses.TripletSemiHardLoss`` (:func:`keras_featreg.miners.batch_semi_hard`,
+    O(b^2 log b) time, O(b^2) memory). Not PML's ``TripletMarginMiner("semihard")``,
+    which keeps every triplet with ``0 < d_an - d_ap <= margin``.
     """
-    same = _equal_matrix(labels)
-    n = ops.shape(same)[0]
-    idx = ops.arange(n)
-    earlier = ops.less(ops.expand_dims(idx, 0), ops.expand_dims(idx, 1))  # [i, j]: j < i
-    occurrence = ops.sum(ops.cast(ops.logical_and(same, earlier), "int32"), axis=1)
-    first = ops.equal(occurrence, 0)
-    second = ops.equal(occurrence, 1)
-    positive_matrix = ops.logical_and(
-        same, ops.logical_and(ops.expand_dims(first, 1), ops.expand_dims(second, 0))
-    )
-    return NPairLayout(
-        anchors=ops.any(positive_matrix, axis=1),
-        positive_matrix=positive_matrix,
-        positives=second,
-    )
+
+    output = "triplets"
+    name = "semi_hard"
+
+    def mine(self, matrix, labels, ref_labels, positive, negative, distance):
+        return batch_semi_hard(distance.as_distance(matrix), labels,
+                                       masks=(positive, negative))
 
 
-def npair_negatives(labels, layout, negatives="positives"):
-    """``(b, b)`` mask of the negatives of each anchor of an N-pair batch.
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class BatchHardMiner(Miner):
+    """Hardest positive and hardest negative of every anchor (Hermans et al. 2017).
 
-    Args:
-        labels: ``(b,)`` labels.
-        layout: the :class:`NPairLayout` of `labels`.
-        negatives: ``"positives"`` -- the positives of the other classes (Sohn 2016's
-            multi-class N-pair loss, tensorflow-addons' ``NpairsLoss``; ``|n| = b/2 - 1``
-            for ``p x 2`` batches) -- or ``"all"`` -- every sample of another class, as
-            written in the SVMax paper's eqs. 7 and 9 (``|n| = b - 2``).
+    One triplet per anchor that has both (:func:`keras_featreg.miners.batch_hard`).
     """
-    if negatives not in NEGATIVE_SETS:
-        raise ValueError(
-            f"`negatives` must be one of {list(NEGATIVE_SETS)}. Received: negatives={negatives!r}"
-        )
-    different = ops.logical_not(_equal_matrix(labels))
-    if negatives == "all":
-        return different
-    return ops.logical_and(different, ops.expand_dims(layout.positives, 0))
+
+    output = "triplets"
+    name = "hard"
+
+    def mine(self, matrix, labels, ref_labels, positive, negative, distance):
+        return batch_hard(distance.as_distance(matrix), labels, masks=(positive, negative))
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class BatchAllMiner(Miner):
+    """Every valid triplet ("batch all", Hermans et al. 2017).
+
+    :class:`~keras_featreg.losses.TripletLoss` recognizes this miner and computes the
+    loss by sorted prefix sums, never building the ``(b, m, m)`` triplet tensor (O(b^2)
+    memory); called directly it returns that tensor
+    (:func:`keras_featreg.miners.batch_all`).
+    """
+
+    output = "triplets"
+    name = "all"
+
+    def mine(self, matrix, labels, ref_labels, positive, negative, distance):
+        return batch_all(distance.as_distance(matrix), labels, masks=(positive, negative))
