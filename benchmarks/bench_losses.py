@@ -51,7 +51,7 @@ SPECS = {
     "contrastive": ("contrastive", {}, "pairs", "ContrastiveLoss",
                     {"pos_margin": 0.0, "neg_margin": 1.0}, None),
     "contrastive balanced": ("contrastive", {"miner": "balanced_pair"}, "pairs", None, {}, None),
-    "triplet semi-hard": ("triplet", {"mining": "semi-hard"}, "pairs", "TripletMarginLoss",
+    "triplet semi-hard": ("triplet", {"mining": "semi_hard"}, "pairs", "TripletMarginLoss",
                           {"margin": 0.2}, ("TripletMarginMiner", {"margin": 0.2,
                                                                    "type_of_triplets": "semihard"})),
     "triplet hard": ("triplet", {"mining": "hard"}, "pairs", "TripletMarginLoss", {"margin": 0.2},

@@ -58,8 +58,8 @@ _timing.import_keras()  # TensorFlow and Keras, without TensorFlow's native star
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from keras_featreg import losses_ranking as lr  # noqa: E402
-from keras_featreg import mining  # noqa: E402
+from keras_featreg import losses as lr  # noqa: E402
+from keras_featreg.miners import _triplets as mining  # noqa: E402
 
 
 def _old_all(distances, labels):
@@ -70,7 +70,7 @@ def loss_fn(case, labels):
     if case == "contrastive":
         return lambda x: lr.contrastive_loss(labels, x)
     kwargs = {
-        "semi-hard": {"mining": "semi-hard"},
+        "semi-hard": {"mining": "semi_hard"},
         "semi-hard old": {"mining": mining._batch_semi_hard_cubic},
         "all": {"mining": "all"},
         "all old": {"mining": _old_all},

@@ -6,7 +6,7 @@ embedding, trained with the contrastive loss (margin 1, p x l = 10 x 14 class-ba
 batches, SGD momentum 0.9) with and without the bounded SVMax regularizer (lambda = 1, the
 paper's value for the contrastive loss). Snapshots of the test embeddings over epochs are
 saved as one PNG (rows: vanilla, SVMax; columns: epochs), and
-:class:`keras_featreg.metrics.SpectrumMonitor` logs the test s_mu and its bounds every epoch.
+:class:`keras_featreg.callbacks.SpectrumMonitor` logs the test s_mu and its bounds every epoch.
 With SVMax the embedding should spread over the circle sooner.
 """
 
@@ -48,8 +48,8 @@ import numpy as np  # noqa: E402
 
 from keras_featreg import SVMax, EmbeddingRegularization, data as data_lib  # noqa: E402
 from keras_featreg.evaluation import recall_at_k  # noqa: E402
-from keras_featreg.losses_ranking import ContrastiveLoss  # noqa: E402
-from keras_featreg.metrics import SpectrumMonitor  # noqa: E402
+from keras_featreg.losses import ContrastiveLoss  # noqa: E402
+from keras_featreg.callbacks import SpectrumMonitor  # noqa: E402
 
 
 def load_digits_all(seed):

@@ -47,9 +47,9 @@ from keras import ops  # noqa: E402
 
 from keras_featreg import EmbeddingRegularization, SpreadOut, SVMax  # noqa: E402
 from keras_featreg.data import class_balanced_dataset, load_digits_split  # noqa: E402
-from keras_featreg.evaluation import RetrievalEvaluation  # noqa: E402
+from keras_featreg.callbacks import RetrievalEvaluation  # noqa: E402
 from keras_featreg.losses import AngularLoss, ContrastiveLoss, NPairLoss, TripletLoss  # noqa: E402
-from keras_featreg.metrics import SpectrumMonitor  # noqa: E402
+from keras_featreg.callbacks import SpectrumMonitor  # noqa: E402
 
 # The paper's losses and margins, and its SVMax lambda per loss. With 5 training classes a
 # batch holds all of them: 5 x 28 = 140 (the paper's b = 144) for contrastive and triplet;

@@ -34,7 +34,8 @@ def as_float_tensor(x, name="embeddings", min_rank=2, max_rank=None):
 
     Raises:
         ValueError: if `x` has an integer/bool/complex dtype or a known rank below
-            `min_rank` (or above `max_rank`).
+            `min_rank` (or above `max_rank`), or is an empty batch (``min_rank >= 2`` and
+            0 rows known while tracing).
     """
     if not hasattr(x, "shape") or not hasattr(x, "dtype"):
         x = np.asarray(x)
@@ -54,6 +55,11 @@ def as_float_tensor(x, name="embeddings", min_rank=2, max_rank=None):
         raise ValueError(
             f"`{name}` must have rank <= {max_rank}. Received: "
             f"{name}.shape={tuple(x.shape)} (rank {rank})"
+        )
+    if min_rank >= 2 and x.shape[0] == 0:
+        raise ValueError(
+            f"`{name}` must hold at least one sample (an empty batch has no value). "
+            f"Received: {name}.shape={tuple(x.shape)}"
         )
     return ops.cast(ops.convert_to_tensor(x), compute_dtype(x))
 

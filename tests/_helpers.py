@@ -81,60 +81,6 @@ def to_np(x):
     return np.asarray(ops.convert_to_numpy(x))
 
 
-# ---- float64 references written from the papers' formulas -------------------------------
-
-def ref_normalize(e):
-    n = np.sqrt(np.maximum((e**2).sum(1, keepdims=True), 1e-12))
-    return e / n
-
-
-def ref_svmax(e, factor=1.0, bounded=True, normalize=True):
-    """SVMax eq. 4 / eq. 1 in float64 with the scale-free bounds."""
-    e = np.asarray(e, np.float64)
-    if normalize:
-        e = ref_normalize(e)
-    b, d = e.shape
-    s_mu = np.linalg.svd(e, compute_uv=False).sum() / d
-    if not bounded:
-        return -factor * s_mu
-    fro = np.sqrt((e**2).sum())
-    lo, up = fro / d, np.sqrt(min(b, d)) * fro / d
-    ratio = 0.0 if up - lo <= 1e-6 * max(up, 1e-30) else (up - s_mu) / (up - lo)
-    return factor * np.exp(ratio)
-
-
-def ref_variance(z, gamma=1.0, eps=1e-4):
-    z = np.asarray(z, np.float64)
-    n = z.shape[0]
-    var = ((z - z.mean(0)) ** 2).sum(0) / max(n - 1, 1)
-    return np.mean(np.maximum(0.0, gamma - np.sqrt(var + eps)))
-
-
-def ref_covariance(z):
-    z = np.asarray(z, np.float64)
-    n, d = z.shape
-    zc = z - z.mean(0)
-    c = zc.T @ zc / max(n - 1, 1)
-    total = 0.0
-    for i in range(d):
-        for j in range(d):
-            if i != j:
-                total += c[i, j] ** 2
-    return total / d
-
-
-def ref_spread_out(e, factor=1.0, normalize=True):
-    e = np.asarray(e, np.float64)
-    if normalize:
-        e = ref_normalize(e)
-    b, d = e.shape
-    if b < 2:
-        return 0.0
-    dots = [e[i] @ e[j] for i in range(b) for j in range(b) if i != j]
-    m1, m2 = np.mean(dots), np.mean(np.square(dots))
-    return factor * (m1**2 + max(0.0, m2 - 1.0 / d))
-
-
 def saved_and_loaded_losses(model, x, tmp_path):
     """``(sum(model.losses), the same after a .keras save/load)`` on input ``x``, and the loaded model."""
     import os

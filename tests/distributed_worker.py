@@ -42,7 +42,7 @@ from keras_featreg import losses as lr  # noqa: E402
 from keras_featreg.losses import VICRegLoss  # noqa: E402
 from keras_featreg.regularizers import SVMax, SpreadOut, VICReg  # noqa: E402
 
-from _helpers import ref_covariance, ref_spread_out, ref_svmax, ref_variance  # noqa: E402
+from _references import ref_covariance, ref_spread_out, ref_svmax, ref_variance  # noqa: E402
 
 RESULTS = {}
 RNG = np.random.default_rng(7)

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from keras_featreg.callbacks import RetrievalEvaluation
 from keras_featreg.evaluation import (
-    RetrievalEvaluation,
     embed,
     evaluate_retrieval,
     map_at_r,

@@ -1,12 +1,11 @@
-"""Smoke tests of the example scripts (``examples/``), the paper-reproduction harness
-(``experiments/``) and the quick-start notebook.
+"""Smoke tests of the example scripts (``examples/``) and the quick-start notebook (the
+paper-reproduction harness, ``experiments/``, is tested in ``test_experiments.py``).
 
 Each script runs with ``--quick`` (a few training steps on a tiny subset) in a subprocess,
 which inherits ``KERAS_BACKEND``; the tests check that the outputs exist and that the
 printed metrics are finite. Every example runs on every backend: the GAN example trains
 with ``train_on_batch`` (the classic Keras GAN pattern), the VICReg-SSL example through
-``compute_loss``; only the harness's tfds/backbone/mixed precision test is
-``tensorflow_only``. ``--help`` must not load TensorFlow, and no run may print TensorFlow's
+``compute_loss``. ``--help`` must not load TensorFlow, and no run may print TensorFlow's
 native start-up lines. The VICReg-SSL run reads random Fashion-MNIST-format IDX files
 written by the test: it needs no data set.
 """
@@ -24,10 +23,8 @@ from _helpers import assert_no_native_noise, run_help, script_env, write_fake_fa
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
-EXPERIMENTS = ROOT / "experiments"
 SCRIPTS = ("examples/retrieval.py", "examples/gan_mixture.py", "examples/circle_embedding.py",
-           "examples/vicreg_ssl.py", "experiments/table1.py", "experiments/gan_fig5.py",
-           "experiments/all_layers.py", "experiments/proxy_anchor.py")
+           "examples/vicreg_ssl.py")
 TIMEOUT = 300  # seconds; each quick run takes well under a minute on an idle 2-core CPU
 
 
@@ -90,189 +87,6 @@ def test_retrieval_quick(tmp_path):
     _assert_small_png(tmp_path / "retrieval_digits.png")
 
 
-def test_table1_quick(tmp_path):
-    """The paper harness: runs CSV, mean +- std table, plots, and --merge."""
-    out = _run([EXPERIMENTS / "table1.py", "--quick", "--out", tmp_path], quiet=True)
-    recalls, nmis = _numbers_after("R@1", out), _numbers_after("NMI", out)
-    assert len(recalls) == len(nmis) == 4  # contrastive, npair x none, svmax
-    assert all(math.isfinite(v) and 0 <= v <= 100 for v in recalls)
-    assert all(math.isfinite(v) and 0 <= v <= 1 for v in nmis)
-    assert "training on" in out  # the device line
-    runs = _read_csv(tmp_path / "digits_runs.csv")
-    _assert_finite_columns(runs, ["nmi", "r@1", "r@8", "map@r", "test_s_mu", "test_s_mu_upper"])
-    assert {r["regularizer"] for r in runs} == {"none", "svmax"}
-    table = _read_csv(tmp_path / "digits_table.csv")
-    assert len(table) == 4
-    assert (tmp_path / "digits_table.md").read_text().startswith("| loss |")
-    _assert_small_png(tmp_path / "digits_recall_vs_lr.png")
-    _assert_small_png(tmp_path / "digits_test_smu.png")
-    # --merge re-summarizes earlier runs without training
-    _run([EXPERIMENTS / "table1.py", "--merge", tmp_path / "digits_runs.csv", "--out",
-          tmp_path / "merged"])
-    assert len(_read_csv(tmp_path / "merged" / "digits_table.csv")) == 4
-
-
-def test_table1_glyphs_quick(tmp_path):
-    """--dataset glyphs (CJK characters in Debian's fonts; skipped without them), its cache
-    under a temporary XDG_CACHE_HOME, with the paper's balanced contrastive pairs."""
-    fonts = [p for p in ("/usr/share/fonts/truetype/arphic/ukai.ttc",
-                         "/usr/share/fonts/truetype/arphic/uming.ttc",
-                         "/usr/share/fonts/opentype/ipafont-gothic/ipag.ttf",
-                         "/usr/share/fonts/truetype/wqy/wqy-microhei.ttc",
-                         "/usr/share/fonts/opentype/ipafont-mincho/ipam.ttf",
-                         "/usr/share/fonts/truetype/vlgothic/VL-Gothic-Regular.ttf",
-                         "/usr/share/fonts/truetype/seto/setofont.ttf",
-                         "/usr/share/fonts/truetype/komatuna/komatuna.ttf") if Path(p).is_file()]
-    if len(fonts) < 8:
-        pytest.skip("needs Debian's CJK fonts (apt-get install fonts-arphic-ukai "
-                    "fonts-arphic-uming ...: keras_featreg.data.GLYPH_FONT_PACKAGES; .ci/run "
-                    "installs them)")
-    env = dict(script_env(), XDG_CACHE_HOME=str(tmp_path / "cache"))
-    proc = subprocess.run([sys.executable, EXPERIMENTS / "table1.py", "--dataset", "glyphs",
-                           "--quick", "--losses", "contrastive", "--contrastive-pairs",
-                           "balanced", "--regularizers", "svmax",
-                           "--out", tmp_path], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=TIMEOUT)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    recalls = _numbers_after("R@1", proc.stdout)
-    assert len(recalls) == 1 and all(math.isfinite(v) and 0 <= v <= 100 for v in recalls)
-    runs = _read_csv(tmp_path / "glyphs_runs.csv")
-    assert len(runs) == 1 and runs[0]["dataset"] == "glyphs"
-    assert len(list((tmp_path / "cache" / "keras_featreg" / "glyphs").glob("*.npz"))) == 1
-
-
-def test_all_layers_quick(tmp_path):
-    """The all-layers study: five settings, the regularizer attached to the right layers, a
-    per-layer s_mu position in [0, 1], the regularizer's penalty in the training loss, and
-    --merge."""
-    out = _run([EXPERIMENTS / "all_layers.py", "--quick", "--out", tmp_path], quiet=True)
-    assert len(_numbers_after("R@1", out)) == 5
-    runs = {r["setting"]: r for r in _read_csv(tmp_path / "all_layers_digits_runs.csv")}
-    assert set(runs) == {"none", "weight_decay", "svmax_embedding", "svmax_all", "vicreg_all"}
-    positions = [k for k in runs["none"] if k.startswith("pos_")]
-    # digits' 8 x 8 images: one Conv2D block, the hidden Dense, the embedding Dense
-    assert positions == ["pos_conv2d", "pos_dense", "pos_embedding"]
-    layers = {name: int(float(r["regularized_layers"])) for name, r in runs.items()}
-    assert layers == {"none": 0, "weight_decay": 0, "svmax_embedding": 1, "svmax_all": 3,
-                      "vicreg_all": 3}
-    _assert_finite_columns(runs.values(), ["r@1", "r@8", "nmi", "train_seconds", *positions])
-    for r in runs.values():
-        assert all(-1e-6 <= float(r[k]) <= 1 + 1e-6 for k in positions), r
-    # bounded SVMax adds at least lambda (1 for the contrastive loss) per regularized layer
-    loss = {name: float(r["final_loss"]) for name, r in runs.items()}
-    assert loss["svmax_embedding"] > loss["none"] + 0.5
-    assert loss["svmax_all"] > loss["svmax_embedding"] + 1.0
-    _assert_small_png(tmp_path / "all_layers_digits_positions.png")
-    assert (tmp_path / "all_layers_digits_table.md").read_text().startswith("| setting |")
-    _run([EXPERIMENTS / "all_layers.py", "--merge", tmp_path / "all_layers_digits_runs.csv",
-          "--out", tmp_path / "merged", "--tag", "m"])
-    assert len(_read_csv(tmp_path / "merged" / "m_table.csv")) == 5
-
-
-def test_proxy_anchor_quick(tmp_path):
-    """The Table 3 analog: Proxy-Anchor (d = 512) with SVMax lambda 0, 1e-4, 1e-3; finite
-    metrics, s_mu within its bounds, Delta R@1 only for lambda > 0, and --merge."""
-    out = _run([EXPERIMENTS / "proxy_anchor.py", "--quick", "--out", tmp_path], quiet=True)
-    assert len(_numbers_after("R@1", out)) == 3
-    runs = _read_csv(tmp_path / "proxy_anchor_digits_runs.csv")
-    assert [float(r["lambda"]) for r in runs] == [0.0, 1e-4, 1e-3]
-    assert {int(float(r["dim"])) for r in runs} == {512}
-    _assert_finite_columns(runs, ["nmi", "r@1", "r@8", "test_s_mu", "test_s_mu_upper"])
-    for r in runs:
-        assert float(r["test_s_mu_lower"]) - 1e-4 <= float(r["test_s_mu"]) \
-            <= float(r["test_s_mu_upper"]) + 1e-4
-    table = _read_csv(tmp_path / "proxy_anchor_digits_table.csv")
-    assert [t["delta_r@1_mean"] == "nan" for t in table] == [True, False, False]
-    _run([EXPERIMENTS / "proxy_anchor.py", "--merge", tmp_path / "proxy_anchor_digits_runs.csv",
-          "--out", tmp_path / "merged", "--tag", "m"])
-    assert len(_read_csv(tmp_path / "merged" / "m_table.csv")) == 3
-
-
-def test_delta_table(tmp_path):
-    """The side-by-side Delta R@1 table: the paper's Table 1 cells and a table1.py table's."""
-    table = tmp_path / "t_table.csv"
-    table.write_text(
-        "dataset,loss,regularizer,lambda,lr,batch_size,seeds,r@1_mean,r@1_std,"
-        "delta_r@1_mean,delta_r@1_std\n"
-        "x,triplet,none,0,0.01,144,3,38.04,3.4,nan,nan\n"
-        "x,triplet,svmax,0.1,0.01,144,3,80.3,2.3,42.36,4.81\n"
-        "x,triplet,spreadout,1,0.01,144,3,96.5,0.4,58.46,3.04\n"
-        "x,contrastive,svmax,1,0.001,144,1,50,0,-2.25,0\n")
-    out = _run([EXPERIMENTS / "delta_table.py", "--table", f"ours={table}",
-                "--table", f"ours, contrastive only:contrastive={table}",
-                "--out", tmp_path / "d.md"])
-    lines = {tuple(c.strip() for c in line.strip("|").split("|")[:2]): line
-             for line in out.splitlines() if line.startswith("| ")}
-    assert "CUB (paper) | ours | ours, contrastive only |" in out
-    # the paper's triplet lambda = 0.1 row at lr 0.01: R@1 29.34, SVMax +14.47, spread-out +14.26
-    assert "| 29.3 / +14.5 / +14.3 | 38.0 ± 3.4 / +42.4 ± 4.8 / +58.5 ± 3.0 | · |" in (
-        lines[("triplet", "0.01")])
-    assert "| · / -2.2 / · | · / -2.2 / · |" in lines[("contrastive", "0.001")]  # one seed: no ±
-    assert (tmp_path / "d.md").read_text() == out.rstrip("\n") + "\n"
-
-
-def test_table1_tfds_dataset_without_tensorflow_datasets():
-    """tensorflow-datasets is the [tfds] extra, not needed by the default digits run: a tfds
-    --dataset without it stops at argument parsing (before TensorFlow loads), naming it."""
-    code = (
-        "import runpy, sys\n"
-        "sys.modules['tensorflow_datasets'] = None  # as if it were not installed\n"
-        f"sys.path[:0] = [{str(EXPERIMENTS)!r}, {str(EXAMPLES)!r}]\n"
-        "sys.argv = ['table1.py', '--dataset', 'cars196']\n"
-        f"runpy.run_path({str(EXPERIMENTS / 'table1.py')!r}, run_name='__main__')\n"
-    )
-    proc = subprocess.run([sys.executable, "-c", code], env=script_env(), capture_output=True,
-                          text=True, timeout=TIMEOUT)
-    assert proc.returncode == 2, proc.stderr[-4000:]
-    assert '--dataset cars196 needs tensorflow-datasets' in proc.stderr
-    assert '".[tfds]"' in proc.stderr
-
-
-@pytest.mark.tensorflow_only
-def test_retrieval_tfds_backbone_mixed_precision(tmp_path):
-    """The tfds loader path (mock data), a keras.applications backbone, mixed precision."""
-    pytest.importorskip("tensorflow_datasets")
-    code = (
-        "import sys\n"
-        "import tensorflow_datasets as tfds\n"
-        f"sys.path.insert(0, {str(EXPERIMENTS)!r})\n"
-        "import table1\n"
-        "with tfds.testing.mock_data(num_examples=48):\n"
-        "    rows = table1.main(['--dataset', 'cars196', '--quick', '--losses', 'triplet',\n"
-        "                           '--regularizers', 'svmax',\n"
-        "                           '--backbone', 'mobilenet_v2', '--weights', 'none',\n"
-        "                           '--image-size', '32', '--mixed-precision',\n"
-        f"                           '--out', {str(tmp_path)!r}])\n"
-        "print('ROWS', len(rows))\n"
-    )
-    out = _run(["-c", code])
-    assert "ROWS 1" in out
-    assert "mixed_float16" in out
-    runs = _read_csv(tmp_path / "cars196_runs.csv")
-    _assert_finite_columns(runs, ["r@1", "test_s_mu"])
-
-
-def test_table1_schedule_and_layout():
-    sys.path.insert(0, str(EXPERIMENTS))
-    try:
-        import table1 as retrieval
-    finally:
-        sys.path.remove(str(EXPERIMENTS))
-    schedule = retrieval.ConstantThenPolynomialDecay(0.01, total_steps=100)
-    values = [float(schedule(step)) for step in (0, 25, 50, 75, 100, 150)]
-    assert values[0] == pytest.approx(0.01) and values[2] == pytest.approx(0.01)
-    assert values[3] == pytest.approx(0.5 * (0.01 - 1e-7) + 1e-7, rel=1e-5)
-    assert values[4] == pytest.approx(1e-7, rel=1e-3) and values[5] == pytest.approx(1e-7, rel=1e-3)
-    restored = retrieval.ConstantThenPolynomialDecay.from_config(schedule.get_config())
-    assert float(restored(75)) == pytest.approx(values[3])
-    # the paper's p x l with enough classes, l grown (or b = 2p) with only 5 classes
-    assert retrieval.batch_layout("triplet", 144, 100) == (24, 6)
-    assert retrieval.batch_layout("contrastive", 144, 100) == (36, 4)
-    assert retrieval.batch_layout("npair", 144, 100) == (72, 2)
-    assert retrieval.batch_layout("contrastive", 144, 5) == (5, 28)
-    assert retrieval.batch_layout("angular", 144, 5) == (5, 2)
-
-
 def test_gan_mixture_quick(tmp_path):
     """The teaching script, one seed per variant: final mode metrics and the heatmaps."""
     out = _run([EXAMPLES / "gan_mixture.py", "--quick", "--unrolled-steps", 2, "--steps", 10,
@@ -281,18 +95,6 @@ def test_gan_mixture_quick(tmp_path):
     assert len(covered) == 4, out[-2000:]  # vanilla, svmax, unrolled2, unrolled2+svmax
     s_mu = _numbers_after("s_mu", out)
     assert s_mu and all(math.isfinite(v) and v > 0 for v in s_mu)
-    _assert_small_png(tmp_path / "gan_heatmaps.png")
-
-
-def test_gan_fig5_quick(tmp_path):
-    """The Fig. 5 harness: runs CSV, mean +- std summary, heatmaps of the first seed."""
-    out = _run([EXPERIMENTS / "gan_fig5.py", "--quick", "--out", tmp_path], quiet=True)
-    assert re.search(r"vanilla \| \d\.\d ± \d\.\d \| \d+\.\d", out), out[-2000:]
-    assert re.search(r"svmax \| \d\.\d ± \d\.\d \| \d+\.\d", out), out[-2000:]
-    summary = _read_csv(tmp_path / "gan_summary.csv")
-    _assert_finite_columns(summary, ["modes_mean", "high_quality_mean"])
-    runs = _read_csv(tmp_path / "gan_runs.csv")
-    assert {r["variant"] for r in runs} == {"vanilla", "svmax"}
     _assert_small_png(tmp_path / "gan_heatmaps.png")
 
 

@@ -28,7 +28,7 @@ import keras
 import numpy as np
 import pytest
 
-import test_losses_ranking as ranking_refs
+import _references as ranking_refs
 from _helpers import numeric_grad, value_and_grad
 from keras_featreg import losses, metrics
 from keras_featreg.ops import moments, spectral

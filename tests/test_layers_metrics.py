@@ -5,8 +5,9 @@ import keras
 import numpy as np
 import pytest
 
-from _helpers import ref_normalize, ref_svmax, saved_and_loaded_losses, to_np
-from keras_featreg import metrics
+from _helpers import saved_and_loaded_losses, to_np
+from _references import ref_normalize, ref_svmax
+from keras_featreg import callbacks, metrics
 from keras_featreg.layers import EmbeddingRegularization, attach_regularizer, detach_regularizers
 from keras_featreg.regularizers import SVMax, VICReg
 
@@ -98,9 +99,9 @@ def test_spectrum_monitor_logs_into_history(rng):
     model = _mlp()
     model.compile(optimizer="sgd", loss="mse")
     x, y = rng.standard_normal((32, 6)).astype("float32"), rng.standard_normal((32, 5)).astype("float32")
-    monitor = metrics.SpectrumMonitor(x[:20])
+    monitor = callbacks.SpectrumMonitor(x[:20])
     hist = model.fit(x, y, epochs=2, batch_size=16, verbose=0, callbacks=[monitor])
-    for key in metrics.SpectrumMonitor.KEYS:
+    for key in callbacks.SpectrumMonitor.KEYS:
         assert len(hist.history["val_" + key]) == 2
     emb = to_np(model.predict(x[:20], verbose=0))
     s_mu = np.linalg.svd(ref_normalize(emb), compute_uv=False).sum() / 5
@@ -114,4 +115,4 @@ def test_metrics_bad_input():
     with pytest.raises(ValueError, match="embeddings"):
         metrics.mean_singular_value(np.ones(3, "float32"))
     with pytest.raises(ValueError, match="every"):
-        metrics.SpectrumMonitor(np.ones((3, 2)), every=0)
+        callbacks.SpectrumMonitor(np.ones((3, 2)), every=0)

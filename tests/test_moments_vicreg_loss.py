@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from keras import ops
 
-from _helpers import jit, numeric_grad, ref_covariance, ref_variance, to_np, value_and_grad
+from _helpers import jit, numeric_grad, to_np, value_and_grad
+from _references import ref_covariance, ref_variance
 from keras_featreg.losses import VICRegLoss, vicreg_loss, vicreg_terms
 from keras_featreg.ops import moments
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from keras import ops
 
-from _helpers import (jit, numeric_grad, saved_and_loaded_losses, ref_covariance, ref_spread_out, ref_svmax,
-                      ref_variance, to_np, value_and_grad)
+from _helpers import jit, numeric_grad, saved_and_loaded_losses, to_np, value_and_grad
+from _references import ref_covariance, ref_spread_out, ref_svmax, ref_variance
 from keras_featreg.backend import keras_divides_activity_regularizers
 from keras_featreg.regularizers import SVMax, SpreadOut, VICReg
 

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from keras import ops
 
-from _helpers import jit, numeric_grad, ref_normalize, to_np, value_and_grad
+from _helpers import jit, numeric_grad, to_np, value_and_grad
+from _references import ref_normalize
 from keras_featreg.ops import spectral
 
 METHODS = ["svd", "gram", "newton_schulz"]

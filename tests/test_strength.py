@@ -10,7 +10,7 @@ import keras
 import numpy as np
 import pytest
 
-from _helpers import ref_covariance, ref_spread_out, ref_svmax, ref_variance
+from _references import ref_covariance, ref_spread_out, ref_svmax, ref_variance
 from keras_featreg import backend as kf_backend
 from keras_featreg.layers import EmbeddingRegularization
 from keras_featreg.regularizers import SVMax, SpreadOut, VICReg

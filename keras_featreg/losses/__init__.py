@@ -91,11 +91,14 @@ from keras_featreg.losses._lifted import (  # noqa: F401
     lifted_structure_loss,
 )
 
+from keras_featreg.losses._circle import CircleLoss, circle_loss  # noqa: F401
+
 _CLASSES = [TripletLoss, ContrastiveLoss, NPairLoss, AngularLoss, VICRegLoss]
 _CLASSES += [BarlowTwinsLoss, CrossBatchMemory]
 _CLASSES += [MultiSimilarityLoss, SupConLoss, NTXentLoss, LiftedStructureLoss,
              GeneralizedLiftedStructureLoss]
 _CLASSES += [ProxyAnchorLoss, ArcFaceLoss, CosFaceLoss]
+_CLASSES += [CircleLoss]
 _EXTRA_ALIASES = {"arcface": ArcFaceLoss, "arcface_loss": ArcFaceLoss,
                   "cosface": CosFaceLoss, "cosface_loss": CosFaceLoss}
 

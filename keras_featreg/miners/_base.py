@@ -4,7 +4,7 @@ import collections
 
 from keras import ops
 
-from keras_featreg import _parts
+from keras_featreg import _parts, _utils
 from keras_featreg import distances as distances_lib
 from keras_featreg.ops import labels as _labels
 
@@ -54,7 +54,10 @@ class Miner(_parts.Part):
     name = None
 
     def __call__(self, matrix, labels, ref_labels=None, masks=None, distance=None):
-        matrix = ops.convert_to_tensor(matrix)
+        matrix = _utils.as_float_tensor(matrix, name="matrix", min_rank=2, max_rank=2)
+        if labels is not None:
+            labels, matrix = _labels.check_labels(labels, matrix, name="labels",
+                                                  rows_name="matrix")
         positive, negative = masks if masks is not None else _labels.pair_masks(labels, ref_labels)
         distance = distances_lib.get(distance) or distances_lib.EuclideanDistance()
         return self.mine(matrix, labels, ref_labels, positive, negative, distance)

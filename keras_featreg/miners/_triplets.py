@@ -22,7 +22,7 @@ Conventions:
   gradients as the O(b^3) definitions (tensorflow-addons' semi-hard loss is O(b^3)).
   :func:`batch_all_soft_mean` keeps O(b^3) time (a softplus has no prefix-sum form) in
   O(b^2) memory. :class:`keras_featreg.losses.TripletLoss` uses these for
-  ``mining="semi-hard"`` and ``"all"``.
+  ``mining="semi_hard"`` and ``"all"``.
 """
 
 import keras

@@ -1,0 +1,192 @@
+"""Independent float64 NumPy references of the library's formulas, shared by the tests.
+
+Written from the papers' formulas with explicit loops where that is clearer, never calling
+keras_featreg: regularizers (SVMax, VICReg's terms, spread-out) and the ranking losses
+(triplet with its mining, contrastive, N-pair, angular).
+"""
+
+import math  # noqa: F401
+
+import numpy as np
+
+
+def ref_normalize(e):
+    n = np.sqrt(np.maximum((e**2).sum(1, keepdims=True), 1e-12))
+    return e / n
+
+
+def ref_svmax(e, factor=1.0, bounded=True, normalize=True):
+    """SVMax eq. 4 / eq. 1 in float64 with the scale-free bounds."""
+    e = np.asarray(e, np.float64)
+    if normalize:
+        e = ref_normalize(e)
+    b, d = e.shape
+    s_mu = np.linalg.svd(e, compute_uv=False).sum() / d
+    if not bounded:
+        return -factor * s_mu
+    fro = np.sqrt((e**2).sum())
+    lo, up = fro / d, np.sqrt(min(b, d)) * fro / d
+    ratio = 0.0 if up - lo <= 1e-6 * max(up, 1e-30) else (up - s_mu) / (up - lo)
+    return factor * np.exp(ratio)
+
+
+def ref_variance(z, gamma=1.0, eps=1e-4):
+    z = np.asarray(z, np.float64)
+    n = z.shape[0]
+    var = ((z - z.mean(0)) ** 2).sum(0) / max(n - 1, 1)
+    return np.mean(np.maximum(0.0, gamma - np.sqrt(var + eps)))
+
+
+def ref_covariance(z):
+    z = np.asarray(z, np.float64)
+    n, d = z.shape
+    zc = z - z.mean(0)
+    c = zc.T @ zc / max(n - 1, 1)
+    total = 0.0
+    for i in range(d):
+        for j in range(d):
+            if i != j:
+                total += c[i, j] ** 2
+    return total / d
+
+
+def ref_spread_out(e, factor=1.0, normalize=True):
+    e = np.asarray(e, np.float64)
+    if normalize:
+        e = ref_normalize(e)
+    b, d = e.shape
+    if b < 2:
+        return 0.0
+    dots = [e[i] @ e[j] for i in range(b) for j in range(b) if i != j]
+    m1, m2 = np.mean(dots), np.mean(np.square(dots))
+    return factor * (m1**2 + max(0.0, m2 - 1.0 / d))
+
+
+# ---- ranking losses --------------------------------------------------------------------
+
+
+def _normalize(x):
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def _softplus(v):
+    return math.log1p(math.exp(-abs(v))) + max(v, 0.0)
+
+
+def _logsumexp(values):
+    m = max(values)
+    return m + math.log(sum(math.exp(v - m) for v in values))
+
+
+# ---------------------------------------------------- float64 brute-force references
+
+
+def _ref_dist(u, v, metric):
+    u, v = np.asarray(u, np.float64), np.asarray(v, np.float64)
+    if metric == "euclidean":
+        return math.sqrt(float(np.sum((u - v) ** 2)))
+    if metric == "squared_euclidean":
+        return float(np.sum((u - v) ** 2))
+    nu = u / math.sqrt(max(float(np.sum(u * u)), 1e-12))
+    nv = v / math.sqrt(max(float(np.sum(v * v)), 1e-12))
+    return max(0.0, 1.0 - float(np.sum(nu * nv)))
+
+
+def ref_triplet(labels, x, margin=0.2, mining="semi_hard", soft=False, distance="euclidean"):
+    b = len(labels)
+    d = [[_ref_dist(x[i], x[j], distance) for j in range(b)] for i in range(b)]
+
+    def term(ap, an):
+        return _softplus(ap - an) if soft else max(ap - an + margin, 0.0)
+
+    terms = []
+    if mining == "all":
+        for a in range(b):
+            for p in range(b):
+                for n in range(b):
+                    if a != p and labels[a] == labels[p] and labels[n] != labels[a]:
+                        terms.append(term(d[a][p], d[a][n]))
+        terms = [t for t in terms if t > 0]
+    elif mining == "hard":
+        for a in range(b):
+            pos = [d[a][p] for p in range(b) if p != a and labels[p] == labels[a]]
+            neg = [d[a][n] for n in range(b) if labels[n] != labels[a]]
+            if pos and neg:
+                terms.append(term(max(pos), min(neg)))
+    else:  # semi-hard
+        for a in range(b):
+            neg = [d[a][n] for n in range(b) if labels[n] != labels[a]]
+            for p in range(b):
+                if p == a or labels[p] != labels[a] or not neg:
+                    continue
+                farther = [v for v in neg if v > d[a][p]]
+                terms.append(term(d[a][p], min(farther) if farther else max(neg)))
+    return sum(terms) / len(terms) if terms else 0.0
+
+
+def ref_contrastive(labels, x, margin=1.0, distance="euclidean", power=1):
+    b = len(labels)
+    terms = []
+    for i in range(b):
+        for j in range(i + 1, b):
+            dij = _ref_dist(x[i], x[j], distance)
+            if labels[i] == labels[j]:
+                terms.append(dij**power)
+            else:
+                terms.append(max(margin - dij, 0.0) ** power)
+    return sum(terms) / len(terms) if terms else 0.0
+
+
+def _ref_pairs(labels):
+    """[(anchor, positive)] and the set of positive-role indices, by first/second occurrence."""
+    seen = {}
+    pairs, positive_role = [], set()
+    for i, y in enumerate(labels):
+        seen.setdefault(y, []).append(i)
+        if len(seen[y]) == 2:
+            pairs.append((seen[y][0], i))
+            positive_role.add(i)
+    return pairs, positive_role
+
+
+def _ref_negatives(labels, a, positive_role, negatives):
+    return [
+        n
+        for n in range(len(labels))
+        if labels[n] != labels[a] and (negatives == "all" or n in positive_role)
+    ]
+
+
+def ref_npair(labels, x, negatives="positives", l2_reg=0.0):
+    x = np.asarray(x, np.float64)
+    pairs, role = _ref_pairs(labels)
+    if not pairs:
+        return 0.0
+    losses = []
+    for a, p in pairs:
+        logits = [float(x[a] @ x[p])] + [
+            float(x[a] @ x[n]) for n in _ref_negatives(labels, a, role, negatives)
+        ]
+        losses.append(_logsumexp(logits) - logits[0])
+    loss = sum(losses) / len(losses)
+    if l2_reg:
+        na = np.mean([x[a] @ x[a] for a, _ in pairs])
+        npos = np.mean([x[p] @ x[p] for _, p in pairs])
+        loss += 0.25 * l2_reg * (na + npos)
+    return loss
+
+
+def ref_angular(labels, x, alpha=45.0, negatives="positives"):
+    x = np.asarray(x, np.float64)
+    t = math.tan(math.radians(alpha)) ** 2
+    pairs, role = _ref_pairs(labels)
+    if not pairs:
+        return 0.0
+    losses = []
+    for a, p in pairs:
+        fs = [
+            4 * t * float((x[a] + x[p]) @ x[n]) - 2 * (1 + t) * float(x[a] @ x[p])
+            for n in _ref_negatives(labels, a, role, negatives)
+        ]
+        losses.append(_logsumexp([0.0] + fs))
+    return sum(losses) / len(losses)
