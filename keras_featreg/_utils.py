@@ -39,7 +39,10 @@ def as_float_tensor(x, name="embeddings", min_rank=2, max_rank=None):
     """
     if not hasattr(x, "shape") or not hasattr(x, "dtype"):
         x = np.asarray(x)
-    dtype = standardize_dtype(x)
+    try:
+        dtype = standardize_dtype(x)
+    except ValueError:  # strings, objects: no Keras dtype
+        dtype = str(getattr(x, "dtype", type(x).__name__))
     if "float" not in dtype:
         raise ValueError(
             f"`{name}` must have a floating dtype (float16, bfloat16, float32 or "

@@ -135,8 +135,8 @@ class SVMax(FeatureRegularizer):
     ):
         super().__init__(feature_reduction, cross_replica)
         self.factor = _utils.check_number("factor", factor, minimum=0.0)
-        self.bounded = bool(bounded)
-        self.normalize = bool(normalize)
+        self.bounded = _utils.check_bool("bounded", bounded)
+        self.normalize = _utils.check_bool("normalize", normalize)
         self.method = _utils.check_choice("method", method, spectral.NUCLEAR_NORM_METHODS)
         if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
             raise ValueError(f"`iterations` must be an integer >= 1. Received: iterations={iterations!r}")
@@ -297,7 +297,7 @@ class SpreadOut(FeatureRegularizer):
                  cross_replica=False):
         super().__init__(feature_reduction, cross_replica)
         self.factor = _utils.check_number("factor", factor, minimum=0.0)
-        self.normalize = bool(normalize)
+        self.normalize = _utils.check_bool("normalize", normalize)
 
     def _penalty(self, e):
         if self.normalize:

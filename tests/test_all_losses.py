@@ -37,6 +37,7 @@ FACTORIES = {
     "GeneralizedLiftedStructureLoss": ("pairs", lambda: losses.GeneralizedLiftedStructureLoss()),
     "ProxyAnchorLoss": ("proxy", lambda: losses.ProxyAnchorLoss(num_classes=C, embedding_size=D)),
     "ArcFaceLoss": ("proxy", lambda: losses.ArcFaceLoss(num_classes=C, embedding_size=D, scale=16)),
+    "CircleLoss": ("pairs", lambda: losses.CircleLoss()),
     "CosFaceLoss": ("proxy", lambda: losses.CosFaceLoss(num_classes=C, embedding_size=D, scale=16)),
     "CrossBatchMemory": ("memory", lambda: losses.CrossBatchMemory(
         losses.ContrastiveLoss(), embedding_size=D, memory_size=2 * B)),

@@ -174,33 +174,35 @@ def _constructors():
 CONSTRUCTORS = _constructors()
 
 
-def _typed_arguments(cls, base_kwargs):
-    """Every keyword argument of `cls` (and its loss bases) whose default is a bool or a
-    number, with that default."""
+OPTIONAL_INTS = {"num_pairs", "embedding_size"}  # None is a documented value
+
+
+def _typed_arguments(cls, kwargs):
+    """Every argument of `cls` (and of the loss bases) whose value is a bool or a number:
+    those with such a default, the optional integers, and the required integers."""
     params = dict(inspect.signature(cls.__init__).parameters)
     if issubclass(cls, keras.losses.Loss):
         params["cross_replica"] = inspect.Parameter(
             "cross_replica", inspect.Parameter.KEYWORD_ONLY, default=False)
-    return {name: p.default for name, p in params.items()
-            if name not in base_kwargs and isinstance(p.default, (bool, int, float))}
+    typed = {name: p.default for name, p in params.items()
+             if name not in kwargs and isinstance(p.default, (bool, int, float))}
+    typed.update({name: None for name in OPTIONAL_INTS & set(params) if name not in kwargs})
+    typed.update({name: value for name, value in kwargs.items() if isinstance(value, int)})
+    return typed
 
 
 @pytest.mark.parametrize("name, cls, kwargs", CONSTRUCTORS, ids=[c[0] for c in CONSTRUCTORS])
 def test_bad_argument_types_raise_naming_the_argument(name, cls, kwargs):
     cls(**kwargs)  # the defaults are valid
     typed = _typed_arguments(cls, kwargs)
-    assert typed or name in {"CrossBatchMemory"}, f"{name}: no typed argument found"
-    if name == "CrossBatchMemory":
-        typed["memory_size"] = 1024
+    assert typed, f"{name}: no typed argument found"
     for arg, default in typed.items():
-        for bad in ("no", None, [1]):
-            if bad is None and arg in {"num_pairs", "embedding_size"}:
-                continue  # None is a documented value
-            with pytest.raises(ValueError, match=rf"`{arg}`"):
-                cls(**kwargs, **{arg: bad})
+        bad_values = ["no", [1]] + ([] if default is None else [None])
         if isinstance(default, bool):
+            bad_values.append(1)
+        for bad in bad_values:
             with pytest.raises(ValueError, match=rf"`{arg}`"):
-                cls(**kwargs, **{arg: 1})
+                cls(**{**kwargs, arg: bad})
 
 
 @pytest.mark.parametrize("get, bad", [

@@ -348,7 +348,7 @@ DEGENERATE = {
     "singletons": (np.arange(5), np.random.default_rng(1).normal(size=(5, 4))),
     "collapsed": (np.array([0, 0, 1, 1, 2]), np.ones((5, 4))),
     "zeros": (np.array([0, 0, 1, 1]), np.zeros((4, 4))),
-    "antipodal": (np.array([0, 0, 1, 1]), np.array([[1.0, 0], [-1, 0], [0, 1], [0, -1]])),
+    "antipodal": (np.array([0, 0, 1, 1]), np.kron(np.eye(2), [[1.0, 0], [-1, 0]])),
     "far_apart": (np.array([0, 0, 1, 1]), 1e4 * np.eye(4)),
 }
 

@@ -48,7 +48,8 @@ def test_vicreg_terms_and_factors(rng):
     t = {k: float(v) for k, v in vicreg_terms(za.astype("float32"), zb.astype("float32")).items()}
     np.testing.assert_allclose(t["invariance"], np.mean((za - zb) ** 2), rtol=1e-5)
     np.testing.assert_allclose(t["variance"], ref_variance(za) / 2 + ref_variance(zb) / 2, rtol=1e-5)
-    got = float(vicreg_loss(za.astype("float32"), zb.astype("float32"), 1.0, 2.0, 3.0))
+    got = float(vicreg_loss(za.astype("float32"), zb.astype("float32"), invariance_factor=1.0,
+                            variance_factor=2.0, covariance_factor=3.0))
     np.testing.assert_allclose(got, _ref_vicreg(za, zb, 1.0, 2.0, 3.0), rtol=2e-5)
 
 

@@ -332,7 +332,7 @@ def test_get_by_name():
     for name, cls in (("ProxyAnchorLoss", losses.ProxyAnchorLoss),
                       ("proxy_anchor_loss", losses.ProxyAnchorLoss),
                       ("arcface", losses.ArcFaceLoss), ("ArcFaceLoss", losses.ArcFaceLoss),
-                      ("arc_face", losses.ArcFaceLoss), ("cosface", losses.CosFaceLoss),
+                      ("arcface_loss", losses.ArcFaceLoss), ("cosface", losses.CosFaceLoss),
                       ("cosface_loss", losses.CosFaceLoss), ("CosFaceLoss", losses.CosFaceLoss)):
         assert type(losses.get(name, num_classes=4)) is cls
 
@@ -392,7 +392,7 @@ def test_head_layer():
     inferred = losses.CosFaceLoss(3).head()
     inferred(np.zeros((2, 4), "float32"))
     assert tuple(inferred.proxies.shape) == (3, 4)
-    assert keras_featreg.losses.ProxyHead is ProxyHead
+    assert keras_featreg.layers.ProxyHead is ProxyHead
     restored = ProxyHead.from_config(head.get_config())
     assert restored.num_classes == 400 and restored.embedding_size == 64
 

@@ -2,7 +2,7 @@
 
 tensorflow-addons 0.23 is end-of-life and does not import on TensorFlow >= 2.16, so this
 script runs in a separate environment and writes ``tests/fixtures/tfa_parity.npz``, which
-``tests/test_losses_ranking.py`` compares ``keras_featreg.losses_ranking`` against::
+``tests/test_losses_ranking.py`` compares ``keras_featreg.losses`` against::
 
     python3 -m venv /tmp/tfa_venv
     /tmp/tfa_venv/bin/pip install tensorflow-cpu==2.15.1 tensorflow-addons==0.23.0

@@ -37,7 +37,7 @@ serialized config or an instance.
 
 import keras
 
-from keras_featreg.losses._base import BatchLoss, MetricLoss  # noqa: F401
+from keras_featreg.losses._base import BatchLoss, MetricLoss, _snake  # noqa: F401
 from keras_featreg.losses._vicreg import TwoViewLoss  # noqa: F401
 from keras_featreg.losses._contrastive import (  # noqa: F401
     ContrastiveLoss,
@@ -99,27 +99,14 @@ _CLASSES += [MultiSimilarityLoss, SupConLoss, NTXentLoss, LiftedStructureLoss,
              GeneralizedLiftedStructureLoss]
 _CLASSES += [ProxyAnchorLoss, ArcFaceLoss, CosFaceLoss]
 _CLASSES += [CircleLoss]
-_EXTRA_ALIASES = {"arcface": ArcFaceLoss, "arcface_loss": ArcFaceLoss,
-                  "cosface": CosFaceLoss, "cosface_loss": CosFaceLoss}
-
-
-def _snake(name):
-    out = []
-    for i, ch in enumerate(name):
-        if ch.isupper() and i and not name[i - 1].isupper():
-            out.append("_")
-        out.append(ch.lower())
-    return "".join(out)
 
 
 def _aliases():
     table = {}
     for cls in _CLASSES:
-        snake = _snake(cls.__name__)  # "triplet_loss"
+        snake = getattr(cls, "default_name", None) or _snake(cls.__name__)  # "triplet_loss"
         for alias in (cls.__name__, snake, snake[: -len("_loss")] if snake.endswith("_loss") else snake):
             table[alias] = cls
-    table.update({"supcon": SupConLoss, "supcon_loss": SupConLoss})  # PML's spelling
-    table.update(_EXTRA_ALIASES)
     return table
 
 

@@ -81,6 +81,8 @@ class BarlowTwinsLoss(TwoViewLoss):
     True
     """
 
+    config_keys = ("lambda_", "epsilon")
+
     def __init__(self, lambda_=0.0051, epsilon=1e-5, **kwargs):
         super().__init__(**kwargs)
         self.lambda_ = _utils.check_number("lambda_", lambda_, 0.0)
@@ -97,8 +99,3 @@ class BarlowTwinsLoss(TwoViewLoss):
         """None: the range ``[0, 4 d + lambda_ d (d - 1)]`` depends on the dimension ``d``,
         not on the batch size (see :func:`barlow_twins_loss_bounds`)."""
         return None
-
-    def get_config(self):
-        config = super().get_config()
-        config.update({"lambda_": self.lambda_, "epsilon": self.epsilon})
-        return config

@@ -97,6 +97,7 @@ class BatchLoss(keras.losses.Loss):
     """
 
     default_name = None
+    config_keys = ()  # the subclass's own constructor arguments, saved by get_config
 
     def __init__(self, cross_replica=False, reduction=KERAS_DEFAULT_REDUCTION, name=None,
                  dtype=None):
@@ -117,8 +118,13 @@ class BatchLoss(keras.losses.Loss):
         self.cross_replica = _utils.check_bool("cross_replica", cross_replica)
 
     def get_config(self):
+        """Keras's config, ``cross_replica`` and every attribute named in ``config_keys``
+        along the class hierarchy (the constructor arguments of the same names)."""
         config = super().get_config()
         config["cross_replica"] = self.cross_replica
+        for cls in reversed(type(self).__mro__):
+            for key in vars(cls).get("config_keys", ()):
+                config[key] = getattr(self, key)
         return config
 
     def __call__(self, y_true, y_pred, sample_weight=None):
@@ -156,10 +162,10 @@ class MetricLoss(BatchLoss):
 
     Subclass contract (see the "how to add a loss" guide): set ``default_distance``,
     ``default_reducer`` and ``miner_output`` (``"pairs"``, ``"triplets"`` or None when
-    the loss takes no miner), take the loss's own arguments in ``__init__`` and pass
-    ``**kwargs`` on to this base, implement ``compute_loss(self, matrix, positive,
-    negative, mined)`` returning a scalar, and add the loss's own arguments to
-    ``get_config``.
+    the loss takes no miner), take the loss's own arguments in ``__init__`` (stored as
+    attributes of the same names, listed in ``config_keys``) and pass ``**kwargs`` on to
+    this base, and implement ``compute_loss(self, matrix, positive, negative, mined)``
+    returning a scalar.
 
     The arguments of every loss built from parts (and those of :class:`BatchLoss`:
     ``cross_replica``, ``reduction``, ``name``, ``dtype``):

@@ -55,8 +55,8 @@ class CircleLoss(MetricLoss):
     and clips ``1 - S`` at 0): on L2-normalized embeddings its per-anchor values equal
     ``l_i`` (with ``remove_diagonal=True``, its default; ``False`` adds each sample as
     its own positive); its default reduction divides their sum by the number of
-    anchors with ``l_i > 0`` (plus ``1e-7``), like ``"mean_nonzero"``. Its gradient
-    differs: Keras differentiates through ``alpha_p`` and ``alpha_n`` as well.
+    anchors with ``l_i > 0`` (the loss's Keras mask), like ``"mean_nonzero"``. Its
+    gradient differs: Keras differentiates through ``alpha_p`` and ``alpha_n`` as well.
 
     Args:
         m: float, the relaxation margin: ``O_p = 1 + m``, ``O_n = -m``,

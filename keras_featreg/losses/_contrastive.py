@@ -64,8 +64,7 @@ class ContrastiveLoss(MetricLoss):
         reducer: how the pair terms are averaged (:mod:`keras_featreg.reducers`).
             Default ``"mean"`` (over the pairs that exist: all pairs, or the mined
             ones); ``"mean_nonzero"`` averages over the active pairs only.
-        **kwargs: ``cross_replica``, ``reduction``, ``name``, ``dtype``: see
-            :class:`~keras_featreg.losses.MetricLoss`.
+        **kwargs: the arguments of every loss (:class:`~keras_featreg.losses.MetricLoss`).
 
     Example:
 
@@ -79,6 +78,8 @@ class ContrastiveLoss(MetricLoss):
     >>> ContrastiveLoss().bounds(144)
     (0.0, 2.0)
     """
+
+    config_keys = ("margin", "power")
 
     miner_output = "pairs"
     accepts_similarity = False
@@ -100,8 +101,3 @@ class ContrastiveLoss(MetricLoss):
         """(lower, upper) for L2-normalized embeddings: ``[0, max(D_max, m)^power]`` (eq. 6)."""
         check_batch_size(batch_size)
         return contrastive_loss_bounds(self.margin, self.distance, self.power)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update({"margin": self.margin, "power": self.power})
-        return config

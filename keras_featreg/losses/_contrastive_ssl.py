@@ -104,8 +104,7 @@ class SupConLoss(MetricLoss):
         miner: optional pair miner; ``P`` and ``A`` are then the kept pairs.
         reducer: averaging of the per-anchor ``L_i`` over the anchors with a positive.
             Default ``"mean_nonzero"`` (PML's ``AvgNonZeroReducer``).
-        **kwargs: ``cross_replica``, ``reduction``, ``name``, ``dtype``: see
-            :class:`~keras_featreg.losses.MetricLoss`.
+        **kwargs: the arguments of every loss (:class:`~keras_featreg.losses.MetricLoss`).
 
     Example:
 
@@ -118,6 +117,8 @@ class SupConLoss(MetricLoss):
     >>> bool(np.isclose(float(loss), np.log1p(np.exp(-2.0)), rtol=1e-5))
     True
     """
+
+    config_keys = ("temperature",)
 
     default_name = "supcon_loss"
     default_distance = "cosine_similarity"
@@ -150,11 +151,6 @@ class SupConLoss(MetricLoss):
         b = check_batch_size(batch_size)
         width = _logit_width(self)
         return None if width is None else (0.0, math.log(b - 1) + width)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update({"temperature": self.temperature})
-        return config
 
 
 def ntxent_loss(y_true, y_pred, **kwargs):
@@ -194,8 +190,7 @@ class NTXentLoss(MetricLoss):
         miner: optional pair miner; the kept positive pairs are averaged and the kept
             negatives form the denominators.
         reducer: averaging over the positive pairs. Default ``"mean"`` (PML).
-        **kwargs: ``cross_replica``, ``reduction``, ``name``, ``dtype``: see
-            :class:`~keras_featreg.losses.MetricLoss`.
+        **kwargs: the arguments of every loss (:class:`~keras_featreg.losses.MetricLoss`).
 
     Example:
 
@@ -208,6 +203,8 @@ class NTXentLoss(MetricLoss):
     >>> bool(np.isclose(float(loss), np.log1p(2 * np.exp(-2.0)), rtol=1e-5))
     True
     """
+
+    config_keys = ("temperature",)
 
     default_distance = "cosine_similarity"
     default_reducer = "mean"
@@ -240,9 +237,3 @@ class NTXentLoss(MetricLoss):
         if b == 2:
             return (0.0, 0.0)
         return (0.0, math.log(b - 2) + width + math.log1p(math.exp(-(math.log(b - 2) + width))))
-
-    def get_config(self):
-        config = super().get_config()
-        config.update({"temperature": self.temperature})
-        return config
-

@@ -13,6 +13,8 @@ from keras_featreg.ops.masked import masked_logsumexp
 class _LiftedLoss(MetricLoss):
     """What the two lifted losses share: the margins, a distance (not a similarity)."""
 
+    config_keys = ("neg_margin", "pos_margin")
+
     default_distance = "euclidean"
     default_reducer = "mean"
     miner_output = "pairs"
@@ -90,8 +92,7 @@ class LiftedStructureLoss(_LiftedLoss):
             refused).
         miner: optional pair miner (:mod:`keras_featreg.miners`).
         reducer: averaging over the ordered positive pairs. Default ``"mean"``.
-        **kwargs: ``cross_replica``, ``reduction``, ``name``, ``dtype``: see
-            :class:`~keras_featreg.losses.MetricLoss`.
+        **kwargs: the arguments of every loss (:class:`~keras_featreg.losses.MetricLoss`).
 
     Example:
 
@@ -185,8 +186,7 @@ class GeneralizedLiftedStructureLoss(_LiftedLoss):
         distance: ``"euclidean"`` (default) or another distance (similarities refused).
         miner: optional pair miner.
         reducer: averaging over the anchors. Default ``"mean"`` over all ``b`` (PML).
-        **kwargs: ``cross_replica``, ``reduction``, ``name``, ``dtype``: see
-            :class:`~keras_featreg.losses.MetricLoss`.
+        **kwargs: the arguments of every loss (:class:`~keras_featreg.losses.MetricLoss`).
 
     Example:
 

@@ -53,8 +53,7 @@ class MultiSimilarityLoss(MetricLoss):
             ``MultiSimilarityMiner(epsilon=0.1)``. Default None: every pair.
         reducer: how the per-anchor terms are averaged (:mod:`keras_featreg.reducers`).
             Default ``"mean"`` over all ``b`` anchors (PML).
-        **kwargs: ``cross_replica``, ``reduction``, ``name``, ``dtype``: see
-            :class:`~keras_featreg.losses.MetricLoss`.
+        **kwargs: the arguments of every loss (:class:`~keras_featreg.losses.MetricLoss`).
 
     Example:
 
@@ -72,6 +71,8 @@ class MultiSimilarityLoss(MetricLoss):
     >>> lower, round(upper, 3)
     (0.0, 4.581)
     """
+
+    config_keys = ("alpha", "beta", "base")
 
     default_distance = "cosine_similarity"
     default_reducer = "mean"
@@ -113,11 +114,6 @@ class MultiSimilarityLoss(MetricLoss):
             pos_max, neg_max = hi - self.base, self.base - lo
         return (0.0, _log1p_exp(math.log(b - 1) + self.alpha * pos_max) / self.alpha
                 + _log1p_exp(math.log(b - 1) + self.beta * neg_max) / self.beta)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update({"alpha": self.alpha, "beta": self.beta, "base": self.base})
-        return config
 
 
 def _log1p_exp(x):

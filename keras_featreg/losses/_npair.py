@@ -159,9 +159,10 @@ def angular_loss_bounds(batch_size, alpha=45.0, negatives="positives"):
     return (math.log1p(n * math.exp(f_min)), math.log1p(n * math.exp(f_max)))
 
 
-
 class _NPairBatchLoss(BatchLoss):
     """What the N-pair and angular losses share: the ``p x 2`` layout and its negatives."""
+
+    config_keys = ("negatives",)
 
     def __init__(self, negatives="positives", **kwargs):
         super().__init__(**kwargs)
@@ -176,11 +177,6 @@ class _NPairBatchLoss(BatchLoss):
 
     def compute_loss(self, embeddings, layout, negative):
         raise NotImplementedError
-
-    def get_config(self):
-        config = super().get_config()
-        config["negatives"] = self.negatives
-        return config
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -215,8 +211,7 @@ class NPairLoss(_NPairBatchLoss):
     Args:
         negatives: `"positives"` (default) or `"all"`, see above.
         l2_reg: float >= 0, weight of the embedding L2 regularizer. Defaults to `0.0`.
-        **kwargs: ``cross_replica``, ``reduction``, ``name``, ``dtype``: see
-            :class:`~keras_featreg.losses.BatchLoss`.
+        **kwargs: the arguments of every loss (:class:`~keras_featreg.losses.BatchLoss`).
 
     Example:
 
@@ -230,6 +225,8 @@ class NPairLoss(_NPairBatchLoss):
     >>> [round(v, 4) for v in NPairLoss().bounds(144)]  # |n| = 71
     [2.3617, 6.2646]
     """
+
+    config_keys = ("l2_reg",)
 
     def __init__(self, negatives="positives", l2_reg=0.0, **kwargs):
         super().__init__(negatives, **kwargs)
@@ -255,11 +252,6 @@ class NPairLoss(_NPairBatchLoss):
         """(lower, upper) for L2-normalized ``p x 2`` batches of `batch_size` (eq. 8)."""
         return npair_loss_bounds(batch_size, self.negatives, self.l2_reg)
 
-    def get_config(self):
-        config = super().get_config()
-        config["l2_reg"] = self.l2_reg
-        return config
-
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class AngularLoss(_NPairBatchLoss):
@@ -279,8 +271,7 @@ class AngularLoss(_NPairBatchLoss):
         alpha: angle in degrees, in (0, 90). Defaults to `45.0` (the paper).
         negatives: `"positives"` (default, Wang et al.'s N-pair code: the other classes'
             positives) or `"all"` (every sample of another class, eq. 9's ``n in B``).
-        **kwargs: ``cross_replica``, ``reduction``, ``name``, ``dtype``: see
-            :class:`~keras_featreg.losses.BatchLoss`.
+        **kwargs: the arguments of every loss (:class:`~keras_featreg.losses.BatchLoss`).
 
     Example:
 
@@ -294,6 +285,8 @@ class AngularLoss(_NPairBatchLoss):
     >>> [round(v, 4) for v in AngularLoss().bounds(144)]  # |n| = 71, f in [-12, 6]
     [0.0004, 10.2627]
     """
+
+    config_keys = ("alpha",)
 
     def __init__(self, alpha=45.0, negatives="positives", **kwargs):
         super().__init__(negatives, **kwargs)
@@ -312,8 +305,3 @@ class AngularLoss(_NPairBatchLoss):
     def bounds(self, batch_size):
         """(lower, upper) for L2-normalized ``p x 2`` batches (eq. 12, corrected upper)."""
         return angular_loss_bounds(batch_size, self.alpha, self.negatives)
-
-    def get_config(self):
-        config = super().get_config()
-        config["alpha"] = self.alpha
-        return config

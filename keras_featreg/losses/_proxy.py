@@ -150,7 +150,6 @@ def _arcface_target(cos_y, margin_radians):
     return ops.where(c >= -cos_m, c * cos_m - sine * sin_m, c - margin_radians * sin_m)
 
 
-
 # ------------------------------------------------------------------------------ classes
 
 
@@ -161,6 +160,8 @@ class _ProxyLoss(BatchLoss):
     the ``(b, C)`` one-hot labels; labels outside ``[0, num_classes)`` and non-finite
     cosines give NaN.
     """
+
+    config_keys = ("num_classes", "embedding_size", "margin")
 
     head_initializer = staticmethod(large_margin_initializer)
 
@@ -195,14 +196,6 @@ class _ProxyLoss(BatchLoss):
     def compute_loss(self, cosines, one_hot):
         raise NotImplementedError
 
-    def get_config(self):
-        config = super().get_config()
-        config.update({"num_classes": self.num_classes, "embedding_size": self.embedding_size,
-                       "margin": self.margin})
-        return config
-
-
-
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class ProxyAnchorLoss(_ProxyLoss):
@@ -212,22 +205,15 @@ class ProxyAnchorLoss(_ProxyLoss):
     ``(b, num_classes)`` cosines of :meth:`head` (a :class:`ProxyHead`, which owns the
     trainable proxies). See :func:`proxy_anchor_loss` for the formula.
 
-    Train with the head, retrieve with the embedding::
-
-        loss = ProxyAnchorLoss(num_classes=100, embedding_size=64)
-        embedding = keras.layers.Dense(64)(inputs)
-        model = keras.Model(inputs, loss.head()(embedding))
-        model.compile(optimizer="adam", loss=loss)
-        model.fit(x, y)  # y: integer labels in [0, num_classes)
-        retrieval = keras_featreg.layers.embedding_model(model)  # inputs -> embedding
+    Train with the head (``model output = loss.head()(embedding)``), retrieve with the
+    embedding (:func:`keras_featreg.layers.embedding_model`): see this module's usage.
 
     Args:
-        num_classes: int >= 1.
-        embedding_size: int >= 1, or None (the head infers it from its input).
+        num_classes, embedding_size: the number of classes (int >= 1) and the embedding
+            size (int >= 1, or None: the head infers it from its input).
         margin: float >= 0. Defaults to `0.1`.
         alpha: float > 0. Defaults to `32`.
-        **kwargs: ``cross_replica``, ``reduction``, ``name``, ``dtype``: see
-            :class:`~keras_featreg.losses.BatchLoss`.
+        **kwargs: the arguments of every loss (:class:`~keras_featreg.losses.BatchLoss`).
 
     Example:
 
@@ -240,6 +226,8 @@ class ProxyAnchorLoss(_ProxyLoss):
     >>> loss.head().num_classes
     2
     """
+
+    config_keys = ("alpha",)
 
     head_initializer = staticmethod(proxy_anchor_initializer)
 
@@ -271,15 +259,12 @@ class ProxyAnchorLoss(_ProxyLoss):
             upper += _log1p_exp(math.log(b * (1.0 - 1.0 / self.num_classes)) + log_e)
         return (0.0, upper)
 
-    def get_config(self):
-        config = super().get_config()
-        config["alpha"] = self.alpha
-        return config
-
 
 class _MarginSoftmaxLoss(_ProxyLoss):
     """ArcFace and CosFace: a cross-entropy over ``scale`` times the cosines, the target
     cosine replaced by ``target(cos_y)``."""
+
+    config_keys = ("scale",)
 
     def __init__(self, num_classes, embedding_size=None, margin=0.0, scale=64.0, **kwargs):
         super().__init__(num_classes, embedding_size, margin, **kwargs)
@@ -310,11 +295,6 @@ class _MarginSoftmaxLoss(_ProxyLoss):
         return (0.0, _log1p_exp(math.log(self.num_classes - 1)
                                 + self.scale * (1.0 - self._min_target())))
 
-    def get_config(self):
-        config = super().get_config()
-        config["scale"] = self.scale
-        return config
-
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class ArcFaceLoss(_MarginSoftmaxLoss):
@@ -326,22 +306,15 @@ class ArcFaceLoss(_MarginSoftmaxLoss):
     degrees (PML's convention; 28.6 degrees = 0.5 rad). Unlike PML, the gradient is
     finite where an embedding equals its class weight.
 
-    Train with the head, retrieve with the embedding::
-
-        loss = ArcFaceLoss(num_classes=100, embedding_size=64)
-        embedding = keras.layers.Dense(64)(inputs)
-        model = keras.Model(inputs, loss.head()(embedding))
-        model.compile(optimizer="adam", loss=loss)
-        model.fit(x, y)  # y: integer labels in [0, num_classes)
-        retrieval = keras_featreg.layers.embedding_model(model)  # inputs -> embedding
+    Train with the head (``model output = loss.head()(embedding)``), retrieve with the
+    embedding (:func:`keras_featreg.layers.embedding_model`): see this module's usage.
 
     Args:
-        num_classes: int >= 1.
-        embedding_size: int >= 1, or None (the head infers it from its input).
+        num_classes, embedding_size: the number of classes (int >= 1) and the embedding
+            size (int >= 1, or None: the head infers it from its input).
         margin: degrees, >= 0. Defaults to `28.6`.
         scale: float > 0. Defaults to `64`.
-        **kwargs: ``cross_replica``, ``reduction``, ``name``, ``dtype``: see
-            :class:`~keras_featreg.losses.BatchLoss`.
+        **kwargs: the arguments of every loss (:class:`~keras_featreg.losses.BatchLoss`).
 
     Example:
 
@@ -375,22 +348,15 @@ class CosFaceLoss(_MarginSoftmaxLoss):
     ``(b, num_classes)`` cosines of :meth:`head` (a :class:`ProxyHead`, which owns the
     trainable class weights). See :func:`cosface_loss` for the formula.
 
-    Train with the head, retrieve with the embedding::
-
-        loss = CosFaceLoss(num_classes=100, embedding_size=64)
-        embedding = keras.layers.Dense(64)(inputs)
-        model = keras.Model(inputs, loss.head()(embedding))
-        model.compile(optimizer="adam", loss=loss)
-        model.fit(x, y)  # y: integer labels in [0, num_classes)
-        retrieval = keras_featreg.layers.embedding_model(model)  # inputs -> embedding
+    Train with the head (``model output = loss.head()(embedding)``), retrieve with the
+    embedding (:func:`keras_featreg.layers.embedding_model`): see this module's usage.
 
     Args:
-        num_classes: int >= 1.
-        embedding_size: int >= 1, or None (the head infers it from its input).
+        num_classes, embedding_size: the number of classes (int >= 1) and the embedding
+            size (int >= 1, or None: the head infers it from its input).
         margin: float >= 0. Defaults to `0.35`.
         scale: float > 0. Defaults to `64`.
-        **kwargs: ``cross_replica``, ``reduction``, ``name``, ``dtype``: see
-            :class:`~keras_featreg.losses.BatchLoss`.
+        **kwargs: the arguments of every loss (:class:`~keras_featreg.losses.BatchLoss`).
 
     Example:
 

@@ -123,6 +123,9 @@ class VICRegLoss(TwoViewLoss):
             loss = loss_fn(expander(encoder(view_a)), expander(encoder(view_b)))
     """
 
+    config_keys = ("invariance_factor", "variance_factor", "covariance_factor", "gamma",
+                   "epsilon", "covariance_method")
+
     def __init__(self, invariance_factor=25.0, variance_factor=25.0, covariance_factor=1.0,
                  gamma=1.0, epsilon=1e-4, covariance_method="auto", **kwargs):
         super().__init__(**kwargs)
@@ -139,15 +142,3 @@ class VICRegLoss(TwoViewLoss):
         return (self.invariance_factor * terms["invariance"]
                 + self.variance_factor * terms["variance"]
                 + self.covariance_factor * terms["covariance"])
-
-    def get_config(self):
-        config = super().get_config()
-        config.update({
-            "invariance_factor": self.invariance_factor,
-            "variance_factor": self.variance_factor,
-            "covariance_factor": self.covariance_factor,
-            "gamma": self.gamma,
-            "epsilon": self.epsilon,
-            "covariance_method": self.covariance_method,
-        })
-        return config
