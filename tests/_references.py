@@ -190,3 +190,48 @@ def ref_angular(labels, x, alpha=45.0, negatives="positives"):
         ]
         losses.append(_logsumexp([0.0] + fs))
     return sum(losses) / len(losses)
+
+
+# ---- Circle loss -----------------------------------------------------------------------
+
+
+def _unit(x):
+    x = np.asarray(x, np.float64)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def ref_circle(labels, x, m=0.4, gamma=80.0, reducer="mean_nonzero", normalize=True,
+               alpha_at=None, remove_diagonal=True, per_anchor=False):
+    """The Circle loss in float64 NumPy, written from the paper's eq. 5, 6 and 8.
+
+    ``alpha_at``: embeddings at which the weights alpha are evaluated (held constant, as
+    PML's ``.detach()``); None: at ``x`` (live weights, as ``keras.losses.Circle``).
+    ``normalize=False``: ``S = x x^T`` (Keras's input convention), else cosine.
+    """
+    y = np.asarray(labels)
+    prep = _unit if normalize else (lambda e: np.asarray(e, np.float64))
+    z = prep(x)
+    s = z @ z.T
+    za = z if alpha_at is None else prep(alpha_at)
+    sa = za @ za.T
+    b = len(y)
+    pos = y[:, None] == y[None]
+    if remove_diagonal:
+        pos &= ~np.eye(b, dtype=bool)
+    neg = y[:, None] != y[None]
+    alpha_p, alpha_n = np.maximum(1 + m - sa, 0), np.maximum(sa + m, 0)
+    logit_p = -gamma * alpha_p * (s - (1 - m))
+    logit_n = gamma * alpha_n * (s - m)
+    out = np.zeros(b)
+    for i in range(b):
+        if pos[i].any() and neg[i].any():
+            lse_p = np.logaddexp.reduce(logit_p[i, pos[i]])
+            lse_n = np.logaddexp.reduce(logit_n[i, neg[i]])
+            out[i] = np.logaddexp(0.0, lse_p + lse_n)
+    if per_anchor:
+        return out
+    if reducer == "sum":
+        return float(out.sum())
+    if reducer == "mean":
+        return float(out.mean())
+    return float(out[out > 0].mean()) if np.any(out > 0) else 0.0

@@ -8,9 +8,10 @@ import types
 import keras
 import numpy as np
 import pytest
+from _helpers import jit, numeric_grad, value_and_grad
+from _references import ref_circle
 
 from keras_featreg import losses, miners
-from tests._helpers import jit, value_and_grad
 
 GUIDE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs",
                      "guides", "adding-a-loss.md")
@@ -25,17 +26,6 @@ def my_losses():
     return module
 
 
-def _ref(d, labels, alpha, beta, nonzero=True):
-    same = labels[:, None] == labels[None, :]
-    eye = np.eye(len(labels), dtype=bool)
-    terms = np.where(same, np.maximum(alpha + d - beta, 0), np.maximum(alpha - d + beta, 0))
-    terms = terms[~eye]
-    if nonzero:
-        active = terms > 0
-        return terms[active].sum() / max(active.sum(), 1)
-    return terms.mean()
-
-
 def _batch(seed=0, b=24, d=6):
     rng = np.random.default_rng(seed)
     labels = rng.permutation(np.repeat(np.arange(b // 4), 4))
@@ -43,35 +33,34 @@ def _batch(seed=0, b=24, d=6):
     return labels, x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-def test_the_guide_loss_matches_its_formula(my_losses):
+def test_the_guide_loss_matches_the_library_and_the_formula(my_losses):
     labels, x = _batch()
-    loss = my_losses.MarginLoss(alpha=0.2, beta=1.2)
+    mine = my_losses.MyCircleLoss(m=0.25, gamma=32.0)
+    library = losses.CircleLoss(m=0.25, gamma=32.0)
+    value, grad = value_and_grad(lambda t: mine.call(labels, t), x)
+    want_value, want_grad = value_and_grad(lambda t: library.call(labels, t), x)
+    np.testing.assert_allclose(value, want_value, rtol=1e-6)
+    np.testing.assert_allclose(grad, want_grad, rtol=1e-5, atol=1e-6)
 
-    def ref(x64):
-        d = np.sqrt(((x64[:, None] - x64[None]) ** 2).sum(-1))
-        return _ref(d, labels, 0.2, 1.2)
-
-    value, grad = value_and_grad(lambda t: loss.call(labels, t), x)
     x64 = x.astype(np.float64)
-    np.testing.assert_allclose(value, ref(x64), rtol=1e-5)
-    eps, num = 1e-6, np.zeros_like(x64)
-    for i in range(x64.shape[0]):
-        for j in range(x64.shape[1]):
-            e = np.zeros_like(x64)
-            e[i, j] = eps
-            num[i, j] = (ref(x64 + e) - ref(x64 - e)) / (2 * eps)
-    np.testing.assert_allclose(grad, num, atol=1e-4)
-    compiled = jit(lambda t: loss.call(labels, t))
+    np.testing.assert_allclose(value, ref_circle(labels, x64, m=0.25, gamma=32.0), rtol=1e-5)
+    # The weights alpha are constants (eq. 5): the reference holds them at x.
+    num = numeric_grad(lambda t: ref_circle(labels, t, m=0.25, gamma=32.0, alpha_at=x64), x64)
+    np.testing.assert_allclose(grad, num, atol=1e-4 * max(1.0, np.abs(num).max()))
+    compiled = jit(lambda t: mine.call(labels, t))
     np.testing.assert_allclose(np.asarray(compiled(x)), value, rtol=1e-5)
 
 
 def test_the_guide_loss_composes_and_round_trips(my_losses, tmp_path):
     labels, x = _batch(1)
-    loss = my_losses.MarginLoss(miner=miners.BalancedPairMiner(), reducer="mean")
+    loss = my_losses.MyCircleLoss(gamma=64.0, miner=miners.MultiSimilarityMiner(),
+                                  reducer="mean")
     assert np.isfinite(float(loss(labels, x)))
-    assert isinstance(losses.get("margin"), my_losses.MarginLoss)
+    assert isinstance(losses.get("my_circle"), my_losses.MyCircleLoss)
+    with pytest.raises(ValueError, match="distance="):
+        my_losses.MyCircleLoss(distance="euclidean")
     again = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(loss))
-    assert again.miner == loss.miner and again.alpha == 0.2
+    assert again.miner == loss.miner and again.gamma == 64.0 and again.m == 0.4
     np.testing.assert_allclose(float(again(labels, x)), float(loss(labels, x)), rtol=1e-6)
 
     model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(4),
@@ -81,4 +70,12 @@ def test_the_guide_loss_composes_and_round_trips(my_losses, tmp_path):
     path = os.path.join(tmp_path, "m.keras")
     model.save(path)
     loaded = keras.models.load_model(path)
-    assert type(loaded.loss).__name__ == "MarginLoss" and loaded.loss.miner == loss.miner
+    assert type(loaded.loss).__name__ == "MyCircleLoss" and loaded.loss.miner == loss.miner
+
+
+def test_the_guide_names_one_base_module():
+    text = open(GUIDE).read()
+    assert "keras_featreg/losses/_base.py" in text
+    source = re.findall(r"```python\n(.*?)```", text, flags=re.S)[0]
+    imports = set(re.findall(r"^from (keras_featreg[\w.]*) import", source, flags=re.M))
+    assert imports == {"keras_featreg", "keras_featreg.losses", "keras_featreg.ops.masked"}

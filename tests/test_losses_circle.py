@@ -16,6 +16,7 @@ import keras
 import numpy as np
 import pytest
 from _helpers import jit, numeric_grad, to_np, value_and_grad
+from _references import _unit, ref_circle
 
 from keras_featreg import losses as L
 from keras_featreg import miners, reducers
@@ -85,54 +86,12 @@ def _run(fn, x):
     return to_np(fn(x))
 
 
-def _unit(x):
-    x = np.asarray(x, np.float64)
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
-
-
 def _batch(seed, b=12, d=6, classes=4, scale=0.8):
     rng = np.random.default_rng(seed)
     return rng.integers(0, classes, size=b), (scale * rng.normal(size=(b, d))).astype("float32")
 
 
 # ------------------------------------------------------------ NumPy float64 reference
-
-
-def ref_circle(labels, x, m=0.4, gamma=80.0, reducer="mean_nonzero", normalize=True,
-               alpha_at=None, remove_diagonal=True, per_anchor=False):
-    """The Circle loss in float64 NumPy, written from the paper's eq. 5, 6 and 8.
-
-    ``alpha_at``: embeddings at which the weights alpha are evaluated (held constant, as
-    PML's ``.detach()``); None: at ``x`` (live weights, as ``keras.losses.Circle``).
-    ``normalize=False``: ``S = x x^T`` (Keras's input convention), else cosine.
-    """
-    y = np.asarray(labels)
-    prep = _unit if normalize else (lambda e: np.asarray(e, np.float64))
-    z = prep(x)
-    s = z @ z.T
-    za = z if alpha_at is None else prep(alpha_at)
-    sa = za @ za.T
-    b = len(y)
-    pos = y[:, None] == y[None]
-    if remove_diagonal:
-        pos &= ~np.eye(b, dtype=bool)
-    neg = y[:, None] != y[None]
-    alpha_p, alpha_n = np.maximum(1 + m - sa, 0), np.maximum(sa + m, 0)
-    logit_p = -gamma * alpha_p * (s - (1 - m))
-    logit_n = gamma * alpha_n * (s - m)
-    out = np.zeros(b)
-    for i in range(b):
-        if pos[i].any() and neg[i].any():
-            lse_p = np.logaddexp.reduce(logit_p[i, pos[i]])
-            lse_n = np.logaddexp.reduce(logit_n[i, neg[i]])
-            out[i] = np.logaddexp(0.0, lse_p + lse_n)
-    if per_anchor:
-        return out
-    if reducer == "sum":
-        return float(out.sum())
-    if reducer == "mean":
-        return float(out.mean())
-    return float(out[out > 0].mean()) if np.any(out > 0) else 0.0
 
 
 def ref_value_and_grad(labels, x, **kwargs):

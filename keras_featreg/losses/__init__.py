@@ -20,6 +20,7 @@ Families (one private module each):
 * ``_multi_similarity``: :class:`MultiSimilarityLoss`.
 * ``_contrastive_ssl``: :class:`SupConLoss`, :class:`NTXentLoss`, :func:`two_view_batch`.
 * ``_lifted``: :class:`LiftedStructureLoss`, :class:`GeneralizedLiftedStructureLoss`.
+* ``_circle``: :class:`CircleLoss`.
 * ``_proxy``: :class:`ProxyAnchorLoss`, :class:`ArcFaceLoss`, :class:`CosFaceLoss` (class
   weights owned by a :class:`keras_featreg.layers.ProxyHead` layer; ``y_pred`` = the
   head's cosines).

@@ -183,16 +183,21 @@ class MetricLoss(BatchLoss):
     default_distance = "euclidean"
     default_reducer = "mean"
     miner_output = "pairs"
-    accepts_similarity = True  # False: the formula needs "smaller = closer"
+    orientation = None  # "distance" (smaller = closer) or "similarity": what the formula needs
 
     def __init__(self, distance=None, miner=None, reducer=None, miner_arg="miner", **kwargs):
         super().__init__(**kwargs)
         self.distance = distances_lib.get(self.default_distance if distance is None else distance)
-        if self.distance.is_inverted and not self.accepts_similarity:
+        if self.orientation == "distance" and self.distance.is_inverted:
             raise ValueError(
                 f"{type(self).__name__} needs a distance (smaller = closer): 'euclidean', "
                 "'squared_euclidean' or 'cosine' (1 - cos), not a similarity. "
                 f"Received: distance={distance!r}"
+            )
+        if self.orientation == "similarity" and not self.distance.is_inverted:
+            raise ValueError(
+                f"{type(self).__name__} needs a similarity (larger = closer): "
+                f"'cosine_similarity' or 'dot_product'. Received: distance={distance!r}"
             )
         self.miner = miners_lib.get(miner, arg=miner_arg)
         if self.miner is not None:

@@ -63,10 +63,9 @@ class CircleLoss(MetricLoss):
             ``Delta_p = 1 - m``, ``Delta_n = m``. Defaults to `0.4` (the paper's
             fine-grained retrieval setting; face recognition: 0.25).
         gamma: float > 0, the scale. Defaults to `80.0` (face recognition: 256).
-        **kwargs: ``distance`` (default ``"cosine_similarity"``; a similarity is
-            required), ``miner`` (a pair miner), ``reducer`` (default
-            ``"mean_nonzero"``), ``cross_replica``, ``reduction``, ``name``, ``dtype``:
-            see :class:`~keras_featreg.losses.MetricLoss`.
+        **kwargs: the arguments of every loss (:class:`~keras_featreg.losses.MetricLoss`):
+            ``distance`` (default ``"cosine_similarity"``; a similarity is required),
+            ``miner`` (a pair miner), ``reducer`` (default ``"mean_nonzero"``), ...
 
     Example:
 
@@ -88,14 +87,11 @@ class CircleLoss(MetricLoss):
     default_distance = "cosine_similarity"
     default_reducer = "mean_nonzero"
     miner_output = "pairs"
+    orientation = "similarity"
+    config_keys = ("m", "gamma")
 
     def __init__(self, m=0.4, gamma=80.0, **kwargs):
         super().__init__(**kwargs)
-        if not self.distance.is_inverted:
-            raise ValueError(
-                "CircleLoss needs a similarity (larger = closer): 'cosine_similarity' or "
-                f"'dot_product'. Received: distance={kwargs.get('distance')!r}"
-            )
         self.m = _utils.check_number("m", m)
         self.gamma = _utils.check_positive("gamma", gamma)
 
@@ -136,8 +132,3 @@ class CircleLoss(MetricLoss):
         x = sum(self._logit_maxima()) + math.log(pairs)
         upper = x + math.log1p(math.exp(-x)) if x > 0 else math.log1p(math.exp(x))
         return (0.0, upper * b if reducer == "sum" else upper)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update({"m": self.m, "gamma": self.gamma})
-        return config

@@ -82,7 +82,7 @@ class ContrastiveLoss(MetricLoss):
     config_keys = ("margin", "power")
 
     miner_output = "pairs"
-    accepts_similarity = False
+    orientation = "distance"
 
     def __init__(self, margin=1.0, power=1, **kwargs):
         super().__init__(**kwargs)

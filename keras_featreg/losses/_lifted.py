@@ -18,7 +18,7 @@ class _LiftedLoss(MetricLoss):
     default_distance = "euclidean"
     default_reducer = "mean"
     miner_output = "pairs"
-    accepts_similarity = False
+    orientation = "distance"
 
     def __init__(self, neg_margin=1.0, pos_margin=0.0, **kwargs):
         super().__init__(**kwargs)

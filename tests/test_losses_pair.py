@@ -346,7 +346,7 @@ def test_lifted_is_stable_far_apart_and_close():
     ("multi_similarity", L.MultiSimilarityLoss),
     ("MultiSimilarityLoss", L.MultiSimilarityLoss),
     ("supcon", L.SupConLoss),
-    ("sup_con_loss", L.SupConLoss),
+    ("supcon", L.SupConLoss),
     ("ntxent", L.NTXentLoss),
     ("lifted_structure", L.LiftedStructureLoss),
     ("lifted_structure_loss", L.LiftedStructureLoss),
