@@ -47,6 +47,11 @@ for backend in tensorflow jax torch; do
     if [ "$TIER" = rest ] && [ "$backend" = tensorflow ]; then
         select=(-m slow)  # the fast tier ran the others
     fi
+    if [ "$backend" != tensorflow ] && "$PY" -c "import xdist" 2>/dev/null; then
+        # JAX and torch: two workers (XLA compiles are single-threaded; the TensorFlow pass
+        # stays serial for its tf.distribute and multi-worker clusters).
+        select+=(-n "${TEST_WORKERS:-2}")
+    fi
     pass "pytest, KERAS_BACKEND=$backend ${select[*]:-(all tests)}"
     KERAS_BACKEND=$backend "$PY" -m pytest -q -p no:cacheprovider --durations=25 ${select[@]+"${select[@]}"} "$@" \
         || status=1

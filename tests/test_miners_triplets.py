@@ -368,7 +368,8 @@ DISTANCE_CASES = _distance_cases()
 FORMS = [("semi", False), ("semi", True), ("all", False), ("all", True)]
 
 
-@pytest.mark.parametrize("jit", [False, True], ids=["eager_or_graph", "xla"])
+@pytest.mark.parametrize("jit", [False, pytest.param(True, marks=pytest.mark.slow)],
+                         ids=["eager_or_graph", "xla"])
 @pytest.mark.parametrize("form, soft", FORMS, ids=["semi", "semi_soft", "all", "all_soft"])
 def test_sorted_mining_equals_cubic_and_float64(form, soft, jit):
     reference = _ref_semi_hard if form == "semi" else _ref_batch_all
@@ -384,7 +385,8 @@ def test_sorted_mining_equals_cubic_and_float64(form, soft, jit):
 
 
 @pytest.mark.parametrize("distance", ["euclidean", "squared_euclidean", "cosine"])
-@pytest.mark.parametrize("jit", [False, True], ids=["eager_or_graph", "xla"])
+@pytest.mark.parametrize("jit", [False, pytest.param(True, marks=pytest.mark.slow)],
+                         ids=["eager_or_graph", "xla"])
 def test_sorted_triplet_loss_equals_cubic_through_embeddings(distance, jit):
     rng = np.random.default_rng(21)
     batches = {
