@@ -105,7 +105,7 @@ def check_labels(labels, rows=None, name="y_true", rows_name="y_pred"):
             if bad.any():
                 raise ValueError(
                     f"`{name}` must hold integer class labels; {int(bad.sum())} of "
-                    f"{values.size} are not whole numbers (e.g. {values[bad][0]!r}). "
+                    f"{values.size} are not whole numbers (e.g. {float(values[bad][0])!r}). "
                     f"Received: {name}.dtype={dtype}"
                 )
         else:
