@@ -9,7 +9,6 @@
 * :class:`EmbeddingMemory`: the memory of :class:`~keras_featreg.losses.CrossBatchMemory`.
 """
 
-import math  # noqa: F401  (the docstring examples use it)
 import weakref
 
 import keras

@@ -14,7 +14,6 @@ from keras import ops
 
 from keras_featreg import _utils
 from keras_featreg.ops import moments, spectral
-from keras_featreg.ops.spectral import singular_value_bounds  # noqa: F401  (re-export)
 
 
 def _prepared(embeddings, normalize, feature_reduction="flatten"):

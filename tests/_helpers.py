@@ -1,7 +1,10 @@
 """Backend-neutral test helpers (gradients, references), IDX files, script runs."""
 
+import csv
 import gzip
+import math
 import os
+import re
 import subprocess
 import sys
 
@@ -151,3 +154,46 @@ def run_help(script, timeout=120):
     assert not heavy, f"{script} --help imported {heavy}"
     assert_no_native_noise(proc.stderr)
     return proc.stdout
+
+
+# ---- running the example and experiment scripts ---------------------------------------
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT_TIMEOUT = 300  # seconds; each quick run takes well under a minute on an idle 2-core CPU
+
+
+def run_script(args, cwd=ROOT, quiet=False):
+    """Runs ``python *args`` as a user would (``TF_CPP_MIN_LOG_LEVEL`` unset); returns stdout.
+    With `quiet`, also checks that stderr holds no TensorFlow start-up lines."""
+    proc = subprocess.run([sys.executable, *map(str, args)], cwd=cwd, env=script_env(),
+                          capture_output=True, text=True, timeout=SCRIPT_TIMEOUT)
+    assert proc.returncode == 0, (
+        f"exit {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n"
+        f"{proc.stderr[-4000:]}")
+    if quiet:
+        assert_no_native_noise(proc.stderr)
+    return proc.stdout
+
+
+def numbers_after(label, text):
+    """Every number printed right after `label` (e.g. 'R@1 97.3' -> [97.3])."""
+    pattern = re.escape(label) + r"\s+(-?(?:\d+\.?\d*|nan|inf))"
+    return [float(v) for v in re.findall(pattern, text)]
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def assert_finite_columns(rows, columns):
+    assert rows
+    for row in rows:
+        for column in columns:
+            assert math.isfinite(float(row[column])), (column, row)
+
+
+def assert_small_png(path):
+    assert os.path.isfile(path), path
+    size = os.path.getsize(path)
+    assert 0 < size < 200 * 1024, (path, size)

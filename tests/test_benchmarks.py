@@ -95,7 +95,7 @@ def test_mining_benchmark_speed_section_on_a_tiny_batch():
     rows, failures = [], []
     bench_mining.speed([16], 1, False, rows, failures)
     cases = {(r[1], r[2]) for r in rows}
-    assert ("no XLA", "semi_hard") in cases and ("XLA", "all") in cases
+    assert ("no XLA", "semi-hard") in cases and ("XLA", "all") in cases
     assert failures == [] and all(float(r[3]) > 0 for r in rows)
 
 

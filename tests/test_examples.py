@@ -10,58 +10,28 @@ native start-up lines. The VICReg-SSL run reads random Fashion-MNIST-format IDX 
 written by the test: it needs no data set.
 """
 
-import csv
 import json
 import math
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from _helpers import assert_no_native_noise, run_help, script_env, write_fake_fashion_mnist
+from _helpers import (
+    SCRIPT_TIMEOUT,
+    assert_finite_columns as _assert_finite_columns,
+    assert_no_native_noise,
+    assert_small_png as _assert_small_png,
+    numbers_after as _numbers_after,
+    read_csv as _read_csv,
+    run_help,
+    run_script as _run,
+    write_fake_fashion_mnist,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
 SCRIPTS = ("examples/retrieval.py", "examples/gan_mixture.py", "examples/circle_embedding.py",
            "examples/vicreg_ssl.py")
-TIMEOUT = 300  # seconds; each quick run takes well under a minute on an idle 2-core CPU
-
-
-def _run(args, cwd=ROOT, quiet=False):
-    """Runs ``python *args`` as a user would (``TF_CPP_MIN_LOG_LEVEL`` unset); returns stdout.
-    With `quiet`, also checks that stderr holds no TensorFlow start-up lines."""
-    proc = subprocess.run([sys.executable, *map(str, args)], cwd=cwd, env=script_env(),
-                          capture_output=True, text=True, timeout=TIMEOUT)
-    assert proc.returncode == 0, (
-        f"exit {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n"
-        f"{proc.stderr[-4000:]}")
-    if quiet:
-        assert_no_native_noise(proc.stderr)
-    return proc.stdout
-
-
-def _numbers_after(label, text):
-    """Every number printed right after `label` (e.g. 'R@1 97.3' -> [97.3])."""
-    pattern = re.escape(label) + r"\s+(-?(?:\d+\.?\d*|nan|inf))"
-    return [float(v) for v in re.findall(pattern, text)]
-
-
-def _read_csv(path):
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def _assert_finite_columns(rows, columns):
-    assert rows
-    for row in rows:
-        for column in columns:
-            assert math.isfinite(float(row[column])), (column, row)
-
-
-def _assert_small_png(path):
-    assert path.is_file(), path
-    assert 0 < path.stat().st_size < 200 * 1024, (path, path.stat().st_size)
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
@@ -144,7 +114,7 @@ def test_quickstart_notebook():
     nbformat = pytest.importorskip("nbformat", reason="nbformat is not installed")
     nbclient = pytest.importorskip("nbclient", reason="nbclient is not installed")
     notebook = nbformat.read(EXAMPLES / "quickstart.ipynb", as_version=4)
-    client = nbclient.NotebookClient(notebook, timeout=TIMEOUT, kernel_name="python3",
+    client = nbclient.NotebookClient(notebook, timeout=SCRIPT_TIMEOUT, kernel_name="python3",
                                      resources={"metadata": {"path": str(EXAMPLES)}})
     client.execute()
     streams = [output for cell in notebook.cells if cell.cell_type == "code"

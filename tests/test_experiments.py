@@ -8,7 +8,6 @@ scripts share (``_protocol``, ``_schedule``, ``_study``, ``_tables``) have unit 
 hand-made rows, without training.
 """
 
-import csv
 import importlib
 import math
 import re
@@ -17,50 +16,22 @@ import sys
 from pathlib import Path
 
 import pytest
-from _helpers import assert_no_native_noise, run_help, script_env
+from _helpers import (
+    SCRIPT_TIMEOUT,
+    assert_finite_columns as _assert_finite_columns,
+    assert_small_png as _assert_small_png,
+    numbers_after as _numbers_after,
+    read_csv as _read_csv,
+    run_help,
+    run_script as _run,
+    script_env,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
 EXPERIMENTS = ROOT / "experiments"
 SCRIPTS = ("experiments/table1.py", "experiments/gan_fig5.py", "experiments/all_layers.py",
            "experiments/proxy_anchor.py")
-TIMEOUT = 300  # seconds; each quick run takes well under a minute on an idle 2-core CPU
-
-
-def _run(args, cwd=ROOT, quiet=False):
-    """Runs ``python *args`` as a user would (``TF_CPP_MIN_LOG_LEVEL`` unset); returns stdout.
-    With `quiet`, also checks that stderr holds no TensorFlow start-up lines."""
-    proc = subprocess.run([sys.executable, *map(str, args)], cwd=cwd, env=script_env(),
-                          capture_output=True, text=True, timeout=TIMEOUT)
-    assert proc.returncode == 0, (
-        f"exit {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n"
-        f"{proc.stderr[-4000:]}")
-    if quiet:
-        assert_no_native_noise(proc.stderr)
-    return proc.stdout
-
-
-def _numbers_after(label, text):
-    """Every number printed right after `label` (e.g. 'R@1 97.3' -> [97.3])."""
-    pattern = re.escape(label) + r"\s+(-?(?:\d+\.?\d*|nan|inf))"
-    return [float(v) for v in re.findall(pattern, text)]
-
-
-def _read_csv(path):
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def _assert_finite_columns(rows, columns):
-    assert rows
-    for row in rows:
-        for column in columns:
-            assert math.isfinite(float(row[column])), (column, row)
-
-
-def _assert_small_png(path):
-    assert path.is_file(), path
-    assert 0 < path.stat().st_size < 200 * 1024, (path, path.stat().st_size)
 
 
 def _harness(name):
@@ -127,7 +98,7 @@ def test_table1_glyphs_quick(tmp_path):
                            "--quick", "--losses", "contrastive", "--contrastive-pairs",
                            "balanced", "--regularizers", "svmax",
                            "--out", tmp_path], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=TIMEOUT)
+                          text=True, timeout=SCRIPT_TIMEOUT)
     assert proc.returncode == 0, proc.stderr[-4000:]
     recalls = _numbers_after("R@1", proc.stdout)
     assert len(recalls) == 1 and all(math.isfinite(v) and 0 <= v <= 100 for v in recalls)
@@ -219,7 +190,7 @@ def test_table1_tfds_dataset_without_tensorflow_datasets():
         f"runpy.run_path({str(EXPERIMENTS / 'table1.py')!r}, run_name='__main__')\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], env=script_env(), capture_output=True,
-                          text=True, timeout=TIMEOUT)
+                          text=True, timeout=SCRIPT_TIMEOUT)
     assert proc.returncode == 2, proc.stderr[-4000:]
     assert '--dataset cars196 needs tensorflow-datasets' in proc.stderr
     assert '".[tfds]"' in proc.stderr

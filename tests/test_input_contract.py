@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 
 from keras_featreg import evaluation, losses, metrics, miners, regularizers
-from keras_featreg.losses._base import MetricLoss
 from keras_featreg.losses._proxy import _ProxyLoss
 from keras_featreg.losses._vicreg import TwoViewLoss
 from _helpers import jit, to_np
@@ -157,7 +156,7 @@ def test_two_view_losses_refuse_empty_and_mismatched_views(cls):
 
 def _constructors():
     """(id, class, required kwargs) for every loss, regularizer, miner, callback and layer."""
-    from keras_featreg import callbacks, layers, reducers  # noqa: F401
+    from keras_featreg import callbacks, layers
 
     required = {
         "num_classes": C, "loss": losses.ContrastiveLoss(), "embedding_size": D,

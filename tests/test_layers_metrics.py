@@ -8,6 +8,7 @@ import pytest
 from _helpers import saved_and_loaded_losses, to_np
 from _references import ref_normalize, ref_svmax
 from keras_featreg import callbacks, metrics
+from keras_featreg.ops import spectral
 from keras_featreg.layers import EmbeddingRegularization, attach_regularizer, detach_regularizers
 from keras_featreg.regularizers import SVMax, VICReg
 
@@ -78,7 +79,7 @@ def test_mean_singular_value_and_position(rng):
     n = ref_normalize(e)
     s_mu = np.linalg.svd(n, compute_uv=False).sum() / 6
     np.testing.assert_allclose(float(metrics.mean_singular_value(e.astype("float32"))), s_mu, rtol=1e-5)
-    lo, up = metrics.singular_value_bounds(30, 6)
+    lo, up = spectral.singular_value_bounds(30, 6)
     np.testing.assert_allclose(float(metrics.singular_value_position(e.astype("float32"))),
                                (s_mu - lo) / (up - lo), rtol=1e-4)
     rank_one = np.tile(n[:1], (30, 1)).astype("float32")
@@ -106,7 +107,7 @@ def test_spectrum_monitor_logs_into_history(rng):
     emb = to_np(model.predict(x[:20], verbose=0))
     s_mu = np.linalg.svd(ref_normalize(emb), compute_uv=False).sum() / 5
     np.testing.assert_allclose(hist.history["val_s_mu"][-1], s_mu, rtol=1e-4)
-    lo, up = metrics.singular_value_bounds(20, 5)
+    lo, up = spectral.singular_value_bounds(20, 5)
     np.testing.assert_allclose([hist.history["val_s_mu_lower"][-1], hist.history["val_s_mu_upper"][-1]],
                                [lo, up], rtol=1e-5)
 

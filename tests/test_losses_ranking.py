@@ -17,12 +17,8 @@ from keras import ops
 
 from keras_featreg import losses as lr
 from _helpers import value_and_grad as _value_and_grad
-from _references import (  # noqa: F401
-    _logsumexp,
+from _references import (
     _normalize,
-    _ref_dist,
-    _ref_negatives,
-    _ref_pairs,
     _softplus,
     ref_angular,
     ref_contrastive,
