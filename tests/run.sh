@@ -7,9 +7,11 @@
 #                                TensorFlow, then the passes below under JAX, torch, Keras 3.13
 #                                (fast + rest = full; .ci/run runs the README's fast command,
 #                                then this)
-#   bash tests/run.sh full       the full matrix: the whole suite under TensorFlow, JAX and
-#                                torch (when torch imports), the notebooks, examples,
-#                                experiments, benchmarks, tf.distribute and multi-worker runs,
+#   bash tests/run.sh full       the full matrix: the whole suite under TensorFlow (the
+#                                notebook, examples, experiments, benchmarks, tf.distribute
+#                                and multi-worker runs included), then under JAX and torch
+#                                (when torch imports; the experiments' and benchmarks' script
+#                                runs stay TensorFlow-only),
 #                                then the activity-regularizer strength tests under Keras 3.13
 #                                (which does not divide activity regularizers by the batch
 #                                size, unlike Keras >= 3.14); the slowest tests are listed
@@ -47,10 +49,10 @@ for backend in tensorflow jax torch; do
     if [ "$TIER" = rest ] && [ "$backend" = tensorflow ]; then
         select=(-m slow)  # the fast tier ran the others
     fi
-    if [ "$backend" != tensorflow ] && "$PY" -c "import xdist" 2>/dev/null; then
-        # JAX and torch: two workers (XLA compiles are single-threaded; the TensorFlow pass
-        # stays serial for its tf.distribute and multi-worker clusters).
-        select+=(-n "${TEST_WORKERS:-2}")
+    if [ "$backend" != tensorflow ]; then
+        # The experiments' and benchmarks' script smoke runs exercise the scripts, whose
+        # backend-dependent code is the library's (tested on every backend): TensorFlow only.
+        select+=(--ignore=tests/test_experiments.py --ignore=tests/test_benchmarks.py)
     fi
     pass "pytest, KERAS_BACKEND=$backend ${select[*]:-(all tests)}"
     KERAS_BACKEND=$backend "$PY" -m pytest -q -p no:cacheprovider --durations=25 ${select[@]+"${select[@]}"} "$@" \
