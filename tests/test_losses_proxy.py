@@ -233,8 +233,11 @@ def test_jit_equals_eager(cls_name):
     kwargs = _kwargs(case)
     jitted_value = to_np(jit(lambda y, x, w: fn(y, x, w, **kwargs))(*args))
     np.testing.assert_allclose(jitted_value, eager[0], rtol=1e-6)
+    # float32: XLA fuses (and rounds) differently from the op-by-op path; alpha = 32
+    # magnifies the rounding, so the tolerance is a few ulps of the gradient's scale.
     for a, b in zip(eager, compiled):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+        scale = max(1.0, float(np.max(np.abs(a))))
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=8 * np.finfo(np.float32).eps * scale)
 
 
 @pytest.mark.parametrize("cls_name", sorted(CLASSES))
