@@ -11,7 +11,7 @@
 #                                notebook, examples, experiments, benchmarks, tf.distribute
 #                                and multi-worker runs included), then under JAX and torch
 #                                (when torch imports; the experiments' and benchmarks' script
-#                                runs stay TensorFlow-only),
+#                                runs stay TensorFlow-only, the examples skip torch),
 #                                then the activity-regularizer strength tests under Keras 3.13
 #                                (which does not divide activity regularizers by the batch
 #                                size, unlike Keras >= 3.14); the slowest tests are listed
@@ -53,6 +53,9 @@ for backend in tensorflow jax torch; do
         # The experiments' and benchmarks' script smoke runs exercise the scripts, whose
         # backend-dependent code is the library's (tested on every backend): TensorFlow only.
         select+=(--ignore=tests/test_experiments.py --ignore=tests/test_benchmarks.py)
+    fi
+    if [ "$backend" = torch ]; then
+        select+=(--ignore=tests/test_examples.py)  # the examples and notebook: TF and JAX
     fi
     pass "pytest, KERAS_BACKEND=$backend ${select[*]:-(all tests)}"
     KERAS_BACKEND=$backend "$PY" -m pytest -q -p no:cacheprovider --durations=25 ${select[@]+"${select[@]}"} "$@" \
