@@ -6,23 +6,23 @@
 together, and `_run_blocks` runs the block products in threads.
 """
 
-from concurrent.futures import ThreadPoolExecutor
-
 import numpy as np
 
-from keras_featreg.evaluation._checks import (
-    _check_embeddings,
+from keras_featreg._host import (  # noqa: F401  (_run_blocks: the blocks' one runner)
+    Factored,
+    check_embeddings,
     check_label_array,
     ranking_of,
+    run_blocks as _run_blocks,
 )
-from keras_featreg.ops.pairwise import expansion_error_coefficient
 
 
 # --------------------------------------------------------------------------- #
 # Shared preparation: sort by label, build the two factors of the distance matrix
 # --------------------------------------------------------------------------- #
 class _Prepared:
-    """Embeddings sorted by label and factored so that ``left[i] @ right[j] = D[i, j]``.
+    """Embeddings sorted by label and factored (:class:`keras_featreg._host.Factored`, the
+    algorithm :mod:`keras_featreg.search` uses too) so that ``left[i] @ right[j] = D[i, j]``.
 
     ``D`` is symmetric and ranks neighbours like the chosen metric (squared
     Euclidean distance, or negated cosine / inner product similarity).
@@ -30,7 +30,7 @@ class _Prepared:
 
     def __init__(self, embeddings, labels, metric):
         metric = ranking_of(metric)
-        x = _check_embeddings(embeddings)
+        x = check_embeddings(embeddings)
         labels = check_label_array(labels, x.shape[0])
         self.order = np.argsort(labels, kind="stable")
         x = x[self.order]
@@ -41,49 +41,14 @@ class _Prepared:
         self.class_counts = np.diff(np.r_[self.class_starts, len(self.codes)])
         self.n = x.shape[0]
         self.dtype = x.dtype
-        self.sq = None
-        if metric in ("euclidean", "cosine"):
-            zero_rows = np.zeros(self.n, dtype=x.dtype)
-            if metric == "cosine":
-                # 1 - cos = |x^ - y^|^2 / 2 for unit rows (plus 1/2 per all-zero row, whose
-                # cosine is 0): the squared-Euclidean algorithm on normalized rows, as in
-                # keras_featreg.ops.pairwise.pairwise_distances.
-                norms = np.linalg.norm(x, axis=1, keepdims=True)
-                zero_rows = (norms[:, 0] == 0).astype(x.dtype)
-                x = x / np.where(norms > 0, norms, 1).astype(x.dtype)
-            # The algorithm of keras_featreg.ops.pairwise.squared_euclidean_matrix: centre
-            # (translation invariance), expand |a|^2 + |b|^2 - 2 a.b, and set every entry
-            # within the expansion's rounding bound c (|a|^2 + |b|^2) to exactly 0.
-            x = x - x.mean(axis=0, dtype=np.float64).astype(x.dtype)
-            self.sq = np.einsum("ij,ij->i", x, x)
-            self.coefficient = expansion_error_coefficient(x.shape[1], x.dtype)
-            ones = np.ones_like(self.sq)
-            self.left = np.concatenate([x, ones[:, None], (self.sq + zero_rows)[:, None]], axis=1)
-            self.right = np.concatenate([-2 * x, (self.sq + zero_rows)[:, None], ones[:, None]],
-                                        axis=1)
-        else:
-            self.left = np.ascontiguousarray(x)
-            self.right = np.ascontiguousarray(-x)
+        self.factored = Factored(x, metric)
+        self.left = np.ascontiguousarray(self.factored.left())
+        self.right = np.ascontiguousarray(self.factored.right())
 
     def block(self, rows, cols):
         """The (rows × cols) block of D."""
-        d = self.left[rows] @ self.right[cols].T
-        if self.sq is not None:
-            self._zero_within_bound(d, self.sq[rows], self.sq[cols])
-        return d
-
-    def _zero_within_bound(self, d, sq_rows, sq_cols):
-        """Sets the entries within the expansion's rounding bound to exactly 0, in place.
-
-        Only rows whose smallest entry is within their largest bound are compared entry by
-        entry (with spread-out embeddings, the rows of the diagonal tiles only).
-        """
-        limit = self.coefficient * (sq_rows + sq_cols.max())
-        candidates = np.flatnonzero(d.min(axis=1) <= limit)
-        if candidates.size:
-            sub = d[candidates]
-            sub[sub <= self.coefficient * (sq_rows[candidates, None] + sq_cols[None, :])] = 0.0
-            d[candidates] = sub
+        return self.factored.block(self.factored, rows, cols,
+                                   left=self.left[rows], right=self.right[cols])
 
     def unsort(self, sorted_values):
         """Maps per-sample values computed in sorted order back to input order."""
@@ -105,19 +70,6 @@ def _segments(prep, size):
         seg_start, seg_stop = start, stop
     segments.append((seg_start, seg_stop))
     return segments
-
-
-def _run_blocks(work, pairs, num_threads):
-    """Runs `work` over block pairs, in threads with single-threaded BLAS each."""
-    if num_threads == 1:
-        for pair in pairs:
-            yield work(pair)
-        return
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(limits=1, user_api="blas"):
-        with ThreadPoolExecutor(num_threads) as pool:
-            yield from pool.map(work, pairs)
 
 
 def _tiles(prep, size):
