@@ -31,7 +31,7 @@ from _helpers import (
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
 SCRIPTS = ("examples/retrieval.py", "examples/gan_mixture.py", "examples/circle_embedding.py",
-           "examples/vicreg_ssl.py")
+           "examples/vicreg_ssl.py", "examples/search.py")
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
@@ -55,6 +55,21 @@ def test_retrieval_quick(tmp_path):
     _assert_finite_columns(runs, ["nmi", "r@1", "r@8", "test_s_mu", "test_s_mu_upper"])
     assert {r["regularizer"] for r in runs} == {"none", "svmax"}
     _assert_small_png(tmp_path / "retrieval_digits.png")
+
+
+def test_search_quick(tmp_path):
+    """The search tutorial: index, look up, calibrate, match unknowns, reload the bundle."""
+    out = _run([EXAMPLES / "search.py", "--quick", "--out", tmp_path], quiet=True)
+    precision = _numbers_after("precision@1 of 316 queries:", out)
+    assert precision and 0 <= precision[0] <= 1
+    assert re.search(r"threshold \d+\.\d+ \(cosine distance\): precision", out)
+    rejected = re.findall(r"new digits 8, 9: (\d\.\d+) rejected as unknown", out)
+    assert rejected and 0 <= float(rejected[0]) <= 1
+    assert re.search(r"reloaded bundle from .*digits_bundle: digits \[", out)
+    assert sorted(p.name for p in (tmp_path / "digits_bundle").iterdir()) == [
+        "bundle.json", "index.npz", "model.keras"]
+    _assert_small_png(tmp_path / "neighbours.png")
+    _assert_small_png(tmp_path / "calibration.png")
 
 
 def test_gan_mixture_quick(tmp_path):
