@@ -15,7 +15,8 @@
 #                                then the activity-regularizer strength tests under Keras 3.13
 #                                (which does not divide activity regularizers by the batch
 #                                size, unlike Keras >= 3.14); the slowest tests are listed
-#                                (--durations) for each pass.
+#                                (--durations) for each pass. The passes of `rest` and
+#                                `full` run in two parallel lanes (SERIAL=1: one by one).
 #
 # Other arguments go to pytest (e.g. `bash tests/run.sh full -x`, `bash tests/run.sh -k svmax`).
 # Exits non-zero if any pass fails.
@@ -40,12 +41,18 @@ if [ "$TIER" = fast ]; then
     exit $status
 fi
 
-for backend in tensorflow jax torch; do
-    if [ "$backend" = torch ] && ! "$PY" -c "import torch" 2>/dev/null; then
-        pass "skipped KERAS_BACKEND=torch: torch is not installed (pip install -e \".[torch]\"; .ci/run does)"
-        continue
-    fi
-    select=()
+# The passes run as parallel lanes (two CPU-bound pytest processes keep 2 cores busier than
+# one: the JAX and torch passes are mostly single-threaded op dispatch and compilation):
+# lane A = TensorFlow, Keras 3.13's strength tests, then torch; lane B = JAX (the longest
+# pass; the lanes take about as long). Each lane
+# writes a log, printed whole when the lane ends. SERIAL=1 runs them one after the other.
+LOGS=$(mktemp -d)
+trap 'rm -rf "$LOGS"' EXIT
+
+backend_pass() {  # backend_pass BACKEND [pytest args]: one pytest pass, its exit status
+    local backend=$1
+    shift
+    local select=()
     if [ "$TIER" = rest ] && [ "$backend" = tensorflow ]; then
         select=(-m slow)  # the fast tier ran the others
     fi
@@ -58,16 +65,54 @@ for backend in tensorflow jax torch; do
         select+=(--ignore=tests/test_examples.py)  # the examples and notebook: TF and JAX
     fi
     pass "pytest, KERAS_BACKEND=$backend ${select[*]:-(all tests)}"
-    KERAS_BACKEND=$backend "$PY" -m pytest -q -p no:cacheprovider --durations=25 ${select[@]+"${select[@]}"} "$@" \
-        || status=1
-done
+    KERAS_BACKEND=$backend "$PY" -m pytest -q -p no:cacheprovider --durations=25 \
+        ${select[@]+"${select[@]}"} "$@"
+}
 
-pass "pytest tests/test_strength.py under Keras 3.13 (no batch-size division)"
-K313=${KERAS313_DIR:-"$HOME/.cache/keras_featreg/keras313"}
-if [ ! -f "$K313/keras/__init__.py" ]; then
-    "$PY" -m pip install -q --no-deps --target "$K313" "keras==3.13.2" || status=1
+strength_313() {
+    pass "pytest tests/test_strength.py under Keras 3.13 (no batch-size division)"
+    local k313=${KERAS313_DIR:-"$HOME/.cache/keras_featreg/keras313"}
+    if [ ! -f "$k313/keras/__init__.py" ]; then
+        "$PY" -m pip install -q --no-deps --target "$k313" "keras==3.13.2" || return 1
+    fi
+    PYTHONPATH="$k313${PYTHONPATH:+:$PYTHONPATH}" KERAS_BACKEND=tensorflow EXPECT_KERAS_MINOR=13 \
+        "$PY" -m pytest -q -p no:cacheprovider tests/test_strength.py
+}
+
+lane_a() {
+    local status=0
+    backend_pass tensorflow "$@" || status=1
+    strength_313 || status=1
+    if "$PY" -c "import torch" 2>/dev/null; then
+        backend_pass torch "$@" || status=1
+    else
+        pass "skipped KERAS_BACKEND=torch: torch is not installed (pip install -e \".[torch]\"; .ci/run does)"
+    fi
+    return $status
+}
+
+lane_b() {
+    backend_pass jax "$@"
+}
+
+if [ "${SERIAL:-0}" = 1 ]; then
+    lane_a "$@" || status=1
+    lane_b "$@" || status=1
+else
+    pass "lanes in parallel: A = TensorFlow, Keras 3.13, torch (log $LOGS/a.log), B = JAX ($LOGS/b.log)"
+    lane_a "$@" >"$LOGS/a.log" 2>&1 &
+    pid_a=$!
+    lane_b "$@" >"$LOGS/b.log" 2>&1 &
+    pid_b=$!
+    wait $pid_a
+    status_a=$?
+    echo "=== lane A (TensorFlow, Keras 3.13, torch) ended with status $status_a:"
+    cat "$LOGS/a.log"
+    wait $pid_b
+    status_b=$?
+    echo "=== lane B (JAX) ended with status $status_b:"
+    cat "$LOGS/b.log"
+    [ $status_a = 0 ] && [ $status_b = 0 ] || status=1
 fi
-PYTHONPATH="$K313${PYTHONPATH:+:$PYTHONPATH}" KERAS_BACKEND=tensorflow EXPECT_KERAS_MINOR=13 \
-    "$PY" -m pytest -q -p no:cacheprovider tests/test_strength.py || status=1
 pass "done ($TIER)"
 exit $status
