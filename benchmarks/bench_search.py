@@ -74,7 +74,7 @@ def run(args):
         (truth, query_s), traced_rss = _search_with_memory(exact, queries, args.k)
         lines.append(_row(n, "exact", "", build, query_s, 1.0, traced_rss, None, None))
         configs = [("faiss flat", {"faiss_index": "flat"}, {})]
-        configs += [(f"faiss ivf", {"faiss_index": "ivf", "nlist": args.nlist, "nprobe": p},
+        configs += [("faiss ivf", {"faiss_index": "ivf", "nlist": args.nlist, "nprobe": p},
                      {"nprobe": p}) for p in args.nprobe]
         if n <= args.hnsw_max:
             configs += [("faiss hnsw", {"faiss_index": "hnsw", "M": 32, "ef_search": e},
@@ -100,7 +100,7 @@ def run(args):
             if kind == "flat" and query_s > EXACT_RATIO_TARGET * seconds:
                 failures.append(f"n={n}: exact {query_s:.2f} s > {EXACT_RATIO_TARGET} x faiss "
                                 f"flat {seconds:.2f} s")
-        del built, exact
+        built.clear()  # free the faiss indexes before the next size
     largest = max(args.gallery)
     approx = [r for r in rows if r[0] == largest and r[1] != "faiss flat"]
     good = [r for r in approx if r[5] >= APPROX_AGREEMENT_TARGET

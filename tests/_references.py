@@ -1,8 +1,9 @@
 """Independent float64 NumPy references of the library's formulas, shared by the tests.
 
 Written from the papers' formulas with explicit loops where that is clearer, never calling
-keras_featreg: regularizers (SVMax, VICReg's terms, spread-out) and the ranking losses
-(triplet with its mining, contrastive, N-pair, angular).
+keras_featreg: regularizers (SVMax, VICReg's terms, spread-out), the ranking losses
+(triplet with its mining, contrastive, N-pair, angular), the Circle loss, and retrieval
+metrics of queries against a reference set (Recall@K, precision@1, MAP@R, R-precision).
 """
 
 import math  # noqa: F401
@@ -235,3 +236,50 @@ def ref_circle(labels, x, m=0.4, gamma=80.0, reducer="mean_nonzero", normalize=T
     if reducer == "mean":
         return float(out.mean())
     return float(out[out > 0].mean()) if np.any(out > 0) else 0.0
+
+
+# ---- retrieval against a reference set -------------------------------------------------
+
+
+def ref_query_reference(queries, query_labels, reference, reference_labels, ks=(1,),
+                        metric="euclidean", includes_query=False):
+    """Recall@K, precision@1, MAP@R and R-precision of queries against a reference set.
+
+    float64 brute force: the full (queries × reference) distance matrix, each row ranked
+    by a stable argsort (ties by reference position). With `includes_query`, query i is
+    reference row i: that row is dropped from its ranking and from its R. R = the reference
+    items with the query's label; queries with R = 0 ("lone") are left out of every metric
+    (pytorch-metric-learning's AccuracyCalculator). ``metric``: "euclidean", "cosine"
+    (rows normalized) or "dot_product" (larger is closer).
+    """
+    q = np.asarray(queries, np.float64)
+    r = np.asarray(reference, np.float64)
+    qy, ry = np.asarray(query_labels), np.asarray(reference_labels)
+    if metric == "cosine":
+        q = q / np.linalg.norm(q, axis=1, keepdims=True)
+        r = r / np.linalg.norm(r, axis=1, keepdims=True)
+    if metric == "dot_product":
+        d = -(q @ r.T)
+    else:
+        d = np.sqrt(((q[:, None, :] - r[None, :, :]) ** 2).sum(-1))
+    recall = {k: [] for k in ks}
+    p1, aps, rps = [], [], []
+    for i in range(len(q)):
+        ranking = [j for j in np.argsort(d[i], kind="stable") if not (includes_query and j == i)]
+        rel = [ry[j] == qy[i] for j in ranking]
+        big_r = int(np.sum(ry == qy[i])) - int(includes_query)
+        if big_r == 0:
+            continue
+        for k in ks:
+            recall[k].append(any(rel[:k]))
+        p1.append(rel[0])
+        correct, total = 0, 0.0
+        for rank, hit in enumerate(rel[:big_r], start=1):
+            if hit:
+                correct += 1
+                total += correct / rank
+        aps.append(total / big_r)
+        rps.append(correct / big_r)
+    return {"recall": {k: float(np.mean(v)) for k, v in recall.items()},
+            "precision_at_1": float(np.mean(p1)), "map_at_r": float(np.mean(aps)),
+            "r_precision": float(np.mean(rps))}

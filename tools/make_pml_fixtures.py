@@ -215,7 +215,26 @@ class Cases:
         for k, v in arrays.items():
             self.arrays[f"{name}/{k}"] = v
         value = arrays.get("value", arrays.get("step0/value"))
-        print(f"{name:46s} {meta['pml']['class']:32s} value={float(value):.10g}", flush=True)
+        shown = "" if value is None else f"value={float(value):.10g}"
+        print(f"{name:46s} {meta['pml']['class']:32s} {shown}", flush=True)
+
+
+def save_fixtures(out, cases, generator, fmt, seed, compute_dtype="float64"):
+    """Writes `cases` (their arrays and a JSON manifest under the key ``manifest``, with the
+    generator, the torch and PML versions, the seed and the format) to the npz `out`."""
+    arrays = dict(cases.arrays)
+    arrays["manifest"] = np.asarray(json.dumps({
+        "generator": generator,
+        "torch": torch.__version__,
+        "pytorch_metric_learning": pytorch_metric_learning.__version__,
+        "compute_dtype": compute_dtype,
+        "seed": seed,
+        "format": fmt,
+        "cases": cases.manifest,
+    }, indent=1))
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    np.savez_compressed(out, **arrays)
+    print(f"wrote {len(cases.manifest)} cases to {out}")
 
 
 def _pml_meta(cls_name, kwargs, miner=None, distance=None):
@@ -799,23 +818,12 @@ def main():
     args = parser.parse_args()
     out = os.path.abspath(args.out)
     if not args.check:
-        cases = build_cases()
-        arrays = dict(cases.arrays)
-        arrays["manifest"] = np.asarray(json.dumps({
-            "generator": "tools/make_pml_fixtures.py",
-            "torch": torch.__version__,
-            "pytorch_metric_learning": pytorch_metric_learning.__version__,
-            "compute_dtype": "float64",
-            "seed": SEED,
-            "format": "<case>/labels int64, <case>/embeddings float32 (exact inputs), "
-                      "<case>/value and <case>/grad float64; <case>/proxies float32 and "
-                      "<case>/grad_proxies float64 as (num_classes, embedding_size) (ArcFace/"
-                      "CosFace W transposed); CrossBatchMemory: <case>/step<k>/...",
-            "cases": cases.manifest,
-        }, indent=1))
-        os.makedirs(os.path.dirname(out), exist_ok=True)
-        np.savez_compressed(out, **arrays)
-        print(f"wrote {len(cases.manifest)} cases to {out}")
+        save_fixtures(
+            out, build_cases(), "tools/make_pml_fixtures.py",
+            "<case>/labels int64, <case>/embeddings float32 (exact inputs), "
+            "<case>/value and <case>/grad float64; <case>/proxies float32 and "
+            "<case>/grad_proxies float64 as (num_classes, embedding_size) (ArcFace/"
+            "CosFace W transposed); CrossBatchMemory: <case>/step<k>/...", SEED)
     check(out)
 
 

@@ -16,8 +16,8 @@ def _check_embeddings(embeddings, name="embeddings"):
     return check_embeddings(embeddings, name=name)
 
 
-def check_ks(ks, num_samples):
-    """Returns `ks` as a sorted tuple of distinct ints in [1, num_samples - 1]."""
+def _ks_tuple(ks):
+    """`ks` (an int or an iterable of ints >= 1) as a tuple, unsorted."""
     if isinstance(ks, numbers.Integral):
         ks = (ks,)
     ks = tuple(ks)
@@ -28,11 +28,31 @@ def check_ks(ks, num_samples):
             raise ValueError(f"Every k in `ks` must be an integer. Received: ks={ks}")
         if k < 1:
             raise ValueError(f"Every k in `ks` must be >= 1. Received: ks={ks}")
+    return ks
+
+
+def check_ks(ks, num_samples):
+    """Returns `ks` as a sorted tuple of distinct ints in [1, num_samples - 1]."""
+    ks = _ks_tuple(ks)
+    for k in ks:
         if k >= num_samples:
             raise ValueError(
                 f"Every k in `ks` must be < the number of samples ({num_samples}): a "
                 f"query has only {num_samples - 1} neighbours. Received: ks={ks}"
             )
+    return tuple(sorted(set(int(k) for k in ks)))
+
+
+def check_reference_ks(ks, num_neighbours, includes_query):
+    """Returns `ks` as a sorted tuple of distinct ints in [1, num_neighbours] (the
+    neighbours a query has in the reference set)."""
+    ks = _ks_tuple(ks)
+    if max(ks) > num_neighbours:
+        without = " without the query itself" if includes_query else ""
+        raise ValueError(
+            f"Every k in `ks` must be <= the number of reference items{without} "
+            f"({num_neighbours}). Received: ks={ks}"
+        )
     return tuple(sorted(set(int(k) for k in ks)))
 
 

@@ -1,8 +1,14 @@
-"""Recall@K and MAP@R over the tiled distance matrix (conventions: see the package)."""
+"""Recall@K, precision@1, MAP@R and R-precision (conventions: see the package).
+
+Leave-one-out (one set, every sample a query against the others): over the tiled
+distance matrix of `_tiling`, ties pessimistic. Query and reference sets: over
+`keras_featreg.search.Index` results (`_reference`), ties by reference position.
+"""
 
 import numpy as np
 
 from keras_featreg.evaluation._checks import _check_chunk_size, check_ks, _num_threads
+from keras_featreg.evaluation._reference import ReferenceSearch, wants_reference
 from keras_featreg.evaluation._tiling import _Prepared, _run_blocks, _tiles
 
 _MAP_ELEMENTS = 2**25  # rows × n of one MAP@R chunk: 128 MiB in float32.
@@ -105,11 +111,28 @@ def recall_at_k(
     chunk_size=2048,
     metric="euclidean",
     num_threads=None,
+    *,
+    reference_embeddings=None,
+    reference_labels=None,
+    reference_includes_query=False,
+    index=None,
 ):
     """Recall@K: the fraction of queries with a same-label sample among their K nearest.
 
-    Every sample is a query against all the others (itself excluded). A query whose
-    label occurs only once can never hit and counts as a miss.
+    Recall@K = (1/|Q|) Σ_q [rel_q(1) + ... + rel_q(K) >= 1], rel_q(i) = 1 when the i-th
+    nearest neighbour of query q shares its label.
+
+    Leave-one-out form (no reference arguments): every sample is a query against all the
+    others (itself excluded). A query whose label occurs only once can never hit and
+    counts as a miss.
+
+    Query/reference form (`reference_embeddings` and `reference_labels`, or `index`):
+    the `embeddings` are queries searched in a separate reference set (as In-Shop and
+    pytorch-metric-learning's ``AccuracyCalculator``), through
+    :class:`keras_featreg.search.Index`, ``chunk_size`` queries at a time. As in PML,
+    "lone" queries, those with no same-label reference item (besides themselves), are
+    left out of Q. Ties are broken by reference position (the Index's order), not
+    pessimistically.
 
     Instead of sorting neighbours, the computation finds for each query the distance
     ``t`` to its nearest same-label sample and counts the different-label samples at
@@ -123,11 +146,22 @@ def recall_at_k(
     Args:
         embeddings: array-like (n, d) of floats (NumPy array or any backend tensor).
         labels: array-like (n,) of class ids.
-        ks: an int or an iterable of ints, each in [1, n - 1].
-        chunk_size: edge of the square distance blocks (>= 1). Results do not depend
-            on it (up to floating-point ties).
+        ks: an int or an iterable of ints, each in [1, n - 1] (query/reference form:
+            [1, m], or [1, m - 1] with `reference_includes_query`).
+        chunk_size: edge of the square distance blocks (>= 1); query/reference form:
+            queries per search. Results do not depend on it (up to floating-point ties).
         metric: a :mod:`keras_featreg.distances` name or object (default "euclidean"): "euclidean"/"squared_euclidean" rank by Euclidean distance, "cosine"/"cosine_similarity" by cosine, "dot_product" by inner product.
         num_threads: worker threads (default: number of CPUs, at most 8).
+        reference_embeddings: None (leave-one-out) or array-like (m, d): the reference
+            (gallery) set; an exact :class:`~keras_featreg.search.Index` of `metric` is
+            built from it.
+        reference_labels: array-like (m,) of class ids, with `reference_embeddings`.
+        reference_includes_query: query i IS reference row i (``embeddings`` and
+            ``labels`` are the first rows of the reference set, so n <= m); that row is
+            left out of query i's neighbours and out of its R.
+        index: a prebuilt :class:`~keras_featreg.search.Index` holding the reference set
+            with labels (e.g. faiss IVF or HNSW for a large gallery), instead of
+            `reference_embeddings` / `reference_labels`; `metric` must be its metric.
 
     Returns:
         A dict ``{k: recall}`` with Python floats in [0, 1], ordered by k.
@@ -138,16 +172,93 @@ def recall_at_k(
     {1: 1.0, 2: 1.0}
     >>> recall_at_k(x, [0, 1, 0, 1], ks=1)
     {1: 0.0}
+    >>> recall_at_k(np.array([[0.05], [0.9]]), [0, 0], ks=(1, 3),
+    ...             reference_embeddings=x, reference_labels=[0, 0, 1, 1])
+    {1: 0.5, 3: 1.0}
     """
     chunk_size = _check_chunk_size(chunk_size)
     num_threads = _num_threads(num_threads)
+    if wants_reference(reference_embeddings, reference_labels, reference_includes_query, index):
+        search = ReferenceSearch(embeddings, labels, reference_embeddings, reference_labels,
+                                 reference_includes_query, index, metric, num_threads)
+        ks = search.check_ks(ks)
+        ranks = search.scores(max(ks), False, chunk_size)[0][search.not_lone]
+        return {k: float(np.mean(ranks <= k)) for k in ks}
     prep = _Prepared(embeddings, labels, metric)
     ks = check_ks(ks, prep.n)
+    negatives, has_positive = _negatives_before_positive(prep, chunk_size, num_threads)
+    return {k: float(np.mean((negatives < k) & has_positive)) for k in ks}
+
+
+def _negatives_before_positive(prep, chunk_size, num_threads):
+    """Per (label-sorted) sample: the different-label samples at most as far as its
+    nearest same-label one, and whether it has a same-label one at all."""
     tiles = _tiles(prep, chunk_size)
     thresholds, negatives = _within_segments(prep, tiles, num_threads)
     negatives += _across_segments(prep, tiles, thresholds, num_threads)
-    has_positive = np.isfinite(thresholds)
-    return {k: float(np.mean((negatives < k) & has_positive)) for k in ks}
+    return negatives, np.isfinite(thresholds)
+
+
+def _require_repeated_label(prep, what):
+    if np.all(prep.class_counts == 1):
+        raise ValueError(
+            f"{what} needs at least one label that occurs twice; every label in "
+            f"`labels` is unique ({prep.n} samples)."
+        )
+
+
+def precision_at_1(
+    embeddings,
+    labels,
+    chunk_size=2048,
+    metric="euclidean",
+    num_threads=None,
+    *,
+    reference_embeddings=None,
+    reference_labels=None,
+    reference_includes_query=False,
+    index=None,
+):
+    """Precision@1 (PML's ``precision_at_1``): the fraction of queries whose nearest
+    neighbour shares their label, over the queries that have a same-label item.
+
+    precision@1 = (1/|Q'|) Σ_{q in Q'} rel_q(1), Q' = the queries with R >= 1 (R: the
+    same-label items a query can retrieve, itself excluded). Unlike `recall_at_k`'s
+    leave-one-out form, which counts a query whose label occurs once as a miss, such
+    "lone" queries are left out here, as in pytorch-metric-learning; on the query and
+    reference form this equals ``recall_at_k(..., ks=1)[1]``.
+
+    Args:
+        embeddings: array-like (n, d) of floats: the queries (and, in the leave-one-out
+            form, the gallery).
+        labels: array-like (n,) of class ids; at least one query must have a same-label
+            item.
+        chunk_size, metric, num_threads: as in `recall_at_k`.
+        reference_embeddings, reference_labels, reference_includes_query, index: the
+            query/reference form, as in `recall_at_k`.
+
+    Returns:
+        A Python float in [0, 1].
+
+    Example:
+    >>> x = np.array([[0.0], [0.1], [1.0], [1.2], [5.0]])
+    >>> precision_at_1(x, [0, 0, 1, 0, 2])  # queries 2, 4 are lone; 3 misses
+    0.6666666666666666
+    >>> precision_at_1(np.array([[0.2], [1.05]]), [0, 1], reference_embeddings=x,
+    ...                reference_labels=[0, 0, 1, 0, 2])
+    1.0
+    """
+    chunk_size = _check_chunk_size(chunk_size)
+    num_threads = _num_threads(num_threads)
+    if wants_reference(reference_embeddings, reference_labels, reference_includes_query, index):
+        search = ReferenceSearch(embeddings, labels, reference_embeddings, reference_labels,
+                                 reference_includes_query, index, metric, num_threads)
+        search.check_ks(1)
+        return float(np.mean(search.scores(1, False, chunk_size)[0][search.not_lone] == 1))
+    prep = _Prepared(embeddings, labels, metric)
+    _require_repeated_label(prep, "precision@1")
+    negatives, has_positive = _negatives_before_positive(prep, chunk_size, num_threads)
+    return float(np.mean(negatives[has_positive] == 0))
 
 
 # --------------------------------------------------------------------------- #
@@ -176,8 +287,9 @@ def _candidate_negatives(negatives, limits, max_keep):
     return out
 
 
-def _average_precision_at_r(positives, candidates):
-    """AP@R per row from the R smallest positive and the candidate negative distances."""
+def _scores_at_r(positives, candidates):
+    """AP@R and R-precision per row from the R smallest positive and the candidate
+    negative distances."""
     r = positives.shape[1]
     merged = np.concatenate([candidates, positives], axis=1)
     is_pos = np.zeros(merged.shape, dtype=bool)
@@ -186,13 +298,15 @@ def _average_precision_at_r(positives, candidates):
     order = np.argsort(merged, axis=1, kind="stable")[:, :r]
     hits = np.take_along_axis(is_pos, order, axis=1)
     precision = np.cumsum(hits, axis=1) / np.arange(1, r + 1)
-    return (precision * hits).sum(axis=1) / r
+    return (precision * hits).sum(axis=1) / r, hits.sum(axis=1) / r
 
 
-def _map_rows(prep, rows_start, rows_stop):
-    """AP@R of the (sorted) queries in [rows_start, rows_stop); NaN where R = 0."""
+def _rows_at_r(prep, rows_start, rows_stop):
+    """AP@R and R-precision of the (sorted) queries in [rows_start, rows_stop); NaN
+    where R = 0."""
     d = prep.block(slice(rows_start, rows_stop), slice(None))
     ap = np.full(rows_stop - rows_start, np.nan)
+    rp = np.full(rows_stop - rows_start, np.nan)
     codes = prep.codes
     for code in np.unique(codes[rows_start:rows_stop]):
         start, count = prep.class_starts[code], prep.class_counts[code]
@@ -208,11 +322,45 @@ def _map_rows(prep, rows_start, rows_stop):
         positives = np.sort(positives, axis=1)[:, :r]  # self (inf) sorted last, dropped
         block[:, start:start + count] = np.inf  # keep negatives only
         candidates = _candidate_negatives(block, positives[:, -1], r)
-        ap[lo:hi] = _average_precision_at_r(positives, candidates)
-    return ap
+        ap[lo:hi], rp[lo:hi] = _scores_at_r(positives, candidates)
+    return ap, rp
 
 
-def map_at_r(embeddings, labels, chunk_size=2048, metric="euclidean", return_per_query=False):
+def _scores_at_r_per_query(embeddings, labels, chunk_size, metric, num_threads,
+                           reference_embeddings, reference_labels,
+                           reference_includes_query, index, what):
+    """MAP@R, R-precision and the AP@R and R-precision of every query, in input order
+    (NaN where R = 0), in either form."""
+    chunk_size = _check_chunk_size(chunk_size)
+    num_threads = _num_threads(num_threads)
+    if wants_reference(reference_embeddings, reference_labels, reference_includes_query, index):
+        search = ReferenceSearch(embeddings, labels, reference_embeddings, reference_labels,
+                                 reference_includes_query, index, metric, num_threads)
+        _, ap, rp = search.scores(int(search.relevant.max()), True, chunk_size)
+        return float(np.nanmean(ap)), float(np.nanmean(rp)), ap, rp
+    prep = _Prepared(embeddings, labels, metric)
+    _require_repeated_label(prep, what)
+    rows = max(1, min(chunk_size, _MAP_ELEMENTS // prep.n))
+    parts = [_rows_at_r(prep, s, min(s + rows, prep.n)) for s in range(0, prep.n, rows)]
+    ap = np.concatenate([ap for ap, _ in parts])  # label-sorted order
+    rp = np.concatenate([rp for _, rp in parts])
+    return (float(np.nanmean(ap)), float(np.nanmean(rp)), prep.unsort(ap),
+            prep.unsort(rp))
+
+
+def map_at_r(
+    embeddings,
+    labels,
+    chunk_size=2048,
+    metric="euclidean",
+    return_per_query=False,
+    *,
+    num_threads=None,
+    reference_embeddings=None,
+    reference_labels=None,
+    reference_includes_query=False,
+    index=None,
+):
     """MAP@R (Musgrave et al., 2020, "A Metric Learning Reality Check").
 
     For a query with R other samples of its label, AP@R = (1/R) Σ_{i=1..R} P(i)·rel(i)
@@ -221,6 +369,12 @@ def map_at_r(embeddings, labels, chunk_size=2048, metric="euclidean", return_per
     MAP@R averages AP@R over the queries; queries whose label occurs once (R = 0)
     are left out. Ties are pessimistic (a different-label sample at the same
     distance ranks first).
+
+    Query/reference form (the reference arguments, as in `recall_at_k`): R is the number
+    of reference items with the query's label (minus one, the query itself, with
+    `reference_includes_query`); queries with R = 0 are left out (as in PML's
+    ``mean_average_precision_at_r``); neighbours are the ``max R`` nearest of an
+    :class:`~keras_featreg.search.Index` search, ties broken by reference position.
 
     Rows are processed in chunks of at most `chunk_size` queries (fewer when n is
     large, so that one chunk of distances stays under 128 MiB). Only the R nearest
@@ -235,6 +389,10 @@ def map_at_r(embeddings, labels, chunk_size=2048, metric="euclidean", return_per
         metric: a :mod:`keras_featreg.distances` name or object (default "euclidean"): "euclidean"/"squared_euclidean" rank by Euclidean distance, "cosine"/"cosine_similarity" by cosine, "dot_product" by inner product.
         return_per_query: also return the AP@R of every query (NaN where R = 0), in
             input order.
+        num_threads: threads of the exact search (query/reference form; the
+            leave-one-out form runs in one thread).
+        reference_embeddings, reference_labels, reference_includes_query, index: the
+            query/reference form, as in `recall_at_k`.
 
     Returns:
         MAP@R as a Python float in [0, 1] (and the per-query array when asked).
@@ -245,19 +403,61 @@ def map_at_r(embeddings, labels, chunk_size=2048, metric="euclidean", return_per
     1.0
     >>> round(map_at_r(x, [0, 0, 1, 0, 1]), 4)
     0.2
+    >>> map_at_r(x, [0, 0, 0, 1, 1], reference_embeddings=x,
+    ...          reference_labels=[0, 0, 0, 1, 1], reference_includes_query=True)
+    1.0
     """
-    chunk_size = _check_chunk_size(chunk_size)
-    prep = _Prepared(embeddings, labels, metric)
-    if np.all(prep.class_counts == 1):
-        raise ValueError(
-            "MAP@R needs at least one label that occurs twice; every label in "
-            f"`labels` is unique ({prep.n} samples)."
-        )
-    rows = max(1, min(chunk_size, _MAP_ELEMENTS // prep.n))
-    ap = np.concatenate(
-        [_map_rows(prep, s, min(s + rows, prep.n)) for s in range(0, prep.n, rows)]
-    )
-    value = float(np.nanmean(ap))
+    value, _, ap, _ = _scores_at_r_per_query(
+        embeddings, labels, chunk_size, metric, num_threads, reference_embeddings,
+        reference_labels, reference_includes_query, index, "MAP@R")
     if return_per_query:
-        return value, prep.unsort(ap)
+        return value, ap
+    return value
+
+
+def r_precision(
+    embeddings,
+    labels,
+    chunk_size=2048,
+    metric="euclidean",
+    return_per_query=False,
+    *,
+    num_threads=None,
+    reference_embeddings=None,
+    reference_labels=None,
+    reference_includes_query=False,
+    index=None,
+):
+    """R-precision (PML's ``r_precision``): the fraction of same-label items among a
+    query's R nearest neighbours, averaged over the queries.
+
+    R-precision_q = (1/R) Σ_{i=1..R} rel(i), R the number of items the query can
+    retrieve with its label (itself excluded); queries with R = 0 are left out. The
+    neighbours, ties and both forms are those of `map_at_r` (pessimistic ties in the
+    leave-one-out form, reference position in the query/reference form).
+
+    Args:
+        embeddings: array-like (n, d) of floats (the queries).
+        labels: array-like (n,) of class ids; at least one query must have R >= 1.
+        chunk_size, metric, return_per_query, num_threads: as in `map_at_r`.
+        reference_embeddings, reference_labels, reference_includes_query, index: the
+            query/reference form, as in `recall_at_k`.
+
+    Returns:
+        R-precision as a Python float in [0, 1] (and the per-query array, NaN where
+        R = 0, when asked).
+
+    Example:
+    >>> x = np.array([[0.0], [0.1], [0.2], [1.0], [1.1]])
+    >>> round(r_precision(x, [0, 0, 1, 0, 1]), 4)  # q0: 1/2, q1: 1/2, others 0
+    0.2
+    >>> r_precision(np.array([[0.12]]), [0], reference_embeddings=x,
+    ...             reference_labels=[0, 0, 1, 0, 1])  # R = 3: 0.1, 0.2 (miss), 0.0
+    0.6666666666666666
+    """
+    _, value, _, rp = _scores_at_r_per_query(
+        embeddings, labels, chunk_size, metric, num_threads, reference_embeddings,
+        reference_labels, reference_includes_query, index, "R-precision")
+    if return_per_query:
+        return value, rp
     return value

@@ -137,6 +137,7 @@ class Index:
         self._shift = None
         self._next_id = 0
         self._cache = None
+        self._id_order = None
         self._faiss = None
 
     def __len__(self):
@@ -213,7 +214,7 @@ class Index:
             self._label_chunks.append(labels)
         self._has_labels = has_labels
         self._next_id = max(self._next_id, int(ids.max()) + 1)
-        self._cache = None
+        self._cache = self._id_order = None
         if self.backend == "faiss":
             if self._faiss is None:
                 self._faiss = _faiss.build(self.faiss_index, self.params, self.dim, self.metric)
@@ -233,7 +234,7 @@ class Index:
         kept_labels = self.labels[keep] if self._has_labels else None
         self._chunks, self._id_chunks = [x], [kept_ids]
         self._label_chunks = [kept_labels] if self._has_labels else []
-        self._cache = None
+        self._cache = self._id_order = None
         if self.backend == "faiss":
             self._faiss.reset()
             if x.shape[0]:
@@ -255,9 +256,11 @@ class Index:
         return self._cache
 
     def _positions(self, ids, name):
-        """Gallery positions of `ids` (-1 for None entries given as -1)."""
+        """Gallery positions of `ids`."""
         all_ids = self.ids
-        order = np.argsort(all_ids, kind="stable")
+        if self._id_order is None:  # sorted once per change of the gallery
+            self._id_order = np.argsort(all_ids, kind="stable")
+        order = self._id_order
         where = np.searchsorted(all_ids[order], ids)
         where = np.minimum(where, len(all_ids) - 1)
         found = all_ids[order][where] == ids
