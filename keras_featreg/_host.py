@@ -104,14 +104,18 @@ class Factored:
         x: finite float32/float64 matrix (n, d) (see :func:`check_embeddings`).
         metric: ``"euclidean"``, ``"cosine"`` or ``"dot_product"``.
         shift: the (d,) vector subtracted from every row, or None for their mean.
+        keep: the factors computed (and kept: (n, d + 2) each): the queries of a search
+            need only ``"left"``, its gallery only ``"right"``.
     """
 
-    def __init__(self, x, metric, shift=None):
+    def __init__(self, x, metric, shift=None, keep=("left", "right")):
         self.metric = metric
         self.dtype = x.dtype
-        self.extra = None
+        self.n = x.shape[0]
+        self.sq = self.shift = None
         if metric == "dot_product":
-            self.x, self.sq, self.shift = x, None, None
+            self._left = x if "left" in keep else None
+            self._right = -x if "right" in keep else None
             return
         zero_rows = np.zeros(x.shape[0], dtype=x.dtype)
         if metric == "cosine":
@@ -119,34 +123,28 @@ class Factored:
         if shift is None:
             shift = x.mean(axis=0, dtype=np.float64).astype(x.dtype)
         self.shift = np.asarray(shift, dtype=x.dtype)
-        self.x = x - self.shift
-        self.sq = np.einsum("ij,ij->i", self.x, self.x)
-        self.extra = self.sq + zero_rows
+        x = x - self.shift
+        self.sq = np.einsum("ij,ij->i", x, x)
+        extra = (self.sq + zero_rows)[:, None]
+        ones = np.ones_like(extra)
         self.coefficient = expansion_error_coefficient(x.shape[1], x.dtype)
+        self._left = np.concatenate([x, ones, extra], axis=1) if "left" in keep else None
+        self._right = np.concatenate([-2 * x, extra, ones], axis=1) if "right" in keep else None
 
     def __len__(self):
-        return self.x.shape[0]
+        return self.n
 
     def left(self, rows=slice(None)):
-        if self.sq is None:
-            return self.x[rows]
-        ones = np.ones((self.x[rows].shape[0], 1), self.dtype)
-        return np.concatenate([self.x[rows], ones, self.extra[rows, None]], axis=1)
+        """The left factor of these rows (a view)."""
+        return self._left[rows]
 
     def right(self, cols=slice(None)):
-        if self.sq is None:
-            return -self.x[cols]
-        ones = np.ones((self.x[cols].shape[0], 1), self.dtype)
-        return np.concatenate([-2 * self.x[cols], self.extra[cols, None], ones], axis=1)
+        """The right factor of these rows (a view)."""
+        return self._right[cols]
 
-    def block(self, other, rows=slice(None), cols=slice(None), left=None, right=None):
-        """The (rows × cols) block of ranking values between `self` rows and `other` rows.
-
-        `left` / `right` may pass precomputed factors of those rows.
-        """
-        left = self.left(rows) if left is None else left
-        right = other.right(cols) if right is None else right
-        d = left @ right.T
+    def block(self, other, rows=slice(None), cols=slice(None)):
+        """The (rows × cols) block of ranking values between `self` rows and `other` rows."""
+        d = self.left(rows) @ other.right(cols).T
         if self.sq is not None:
             zero_within_bound(d, self.sq[rows], other.sq[cols], self.coefficient)
         return d

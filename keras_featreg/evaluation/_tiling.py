@@ -42,13 +42,10 @@ class _Prepared:
         self.n = x.shape[0]
         self.dtype = x.dtype
         self.factored = Factored(x, metric)
-        self.left = np.ascontiguousarray(self.factored.left())
-        self.right = np.ascontiguousarray(self.factored.right())
 
     def block(self, rows, cols):
         """The (rows × cols) block of D."""
-        return self.factored.block(self.factored, rows, cols,
-                                   left=self.left[rows], right=self.right[cols])
+        return self.factored.block(self.factored, rows, cols)
 
     def unsort(self, sorted_values):
         """Maps per-sample values computed in sorted order back to input order."""

@@ -68,8 +68,7 @@ def _merge(best_d, best_i, rows, cols, values, offset, k):
 
 def _block_topk(queries, references, q_slice, cols, left, best_d, best_i, k, skip):
     """One block: raw expansion values, candidates, their exact values, merge."""
-    right = references.right(cols)
-    d = left @ right.T
+    d = left @ references.right(cols).T
     if skip is not None:
         inside = (skip >= cols.start) & (skip < cols.stop)
         d[np.flatnonzero(inside), skip[inside] - cols.start] = np.inf
@@ -92,11 +91,13 @@ def _block_topk(queries, references, q_slice, cols, left, best_d, best_i, k, ski
     _merge(best_d, best_i, rows, c, values, cols.start, k)
 
 
-def _chunk_sizes(num_queries, num_refs, dim, query_chunk, reference_chunk):
+def _chunk_sizes(num_queries, num_refs, query_chunk, reference_chunk, num_threads):
+    """Block edges: ~32 MiB blocks, and at least one query chunk per thread."""
     if reference_chunk is None:
         reference_chunk = max(1024, min(num_refs, 16384))
     if query_chunk is None:
-        query_chunk = max(64, min(num_queries, _BLOCK_ELEMENTS // max(reference_chunk, 1)))
+        per_thread = -(-num_queries // num_threads)
+        query_chunk = max(1, min(per_thread, _BLOCK_ELEMENTS // reference_chunk))
     return query_chunk, reference_chunk
 
 
@@ -119,7 +120,7 @@ def knn(queries, references, k, query_chunk=None, reference_chunk=None, num_thre
         :func:`~keras_featreg._host.to_distance` gives distances) and int64 positions.
     """
     nq, nr = len(queries), len(references)
-    qc, rc = _chunk_sizes(nq, nr, queries.x.shape[1], query_chunk, reference_chunk)
+    qc, rc = _chunk_sizes(nq, nr, query_chunk, reference_chunk, num_threads)
     values = np.empty((nq, k), queries.dtype)
     indices = np.empty((nq, k), np.int64)
     ref_blocks = [slice(s, min(s + rc, nr)) for s in range(0, nr, rc)]

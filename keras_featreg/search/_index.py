@@ -252,7 +252,8 @@ class Index:
     # ------------------------------------------------------------------ search
     def _gallery(self):
         if self._cache is None:
-            self._cache = Factored(self.embeddings, self.metric, shift=self._shift)
+            self._cache = Factored(self.embeddings, self.metric, shift=self._shift,
+                                   keep=("right",))
         return self._cache
 
     def _positions(self, ids, name):
@@ -302,7 +303,7 @@ class Index:
             exclude = self._positions(exclude_ids, "exclude_ids")
         if self.backend == "exact":
             values, positions = _exact.knn(
-                Factored(q, self.metric, shift=self._shift), self._gallery(), k,
+                Factored(q, self.metric, shift=self._shift, keep=("left",)), self._gallery(), k,
                 query_chunk=self.query_chunk, reference_chunk=self.reference_chunk,
                 num_threads=self.num_threads, exclude=exclude)
         else:
