@@ -139,7 +139,7 @@ def _params(params):
 def _row(n, name, params, build, query_s, ratio, traced_rss, agree, recall):
     traced, rss = traced_rss
     fmt = lambda v: "" if v is None else f"{v:.4f}"  # noqa: E731
-    return (f"| {n} | {name} | {params} | {build:.2f} | {query_s:.2f} | {ratio:.2f}x | "
+    return (f"| {n} | {name} | {params} | {build:.3g} | {query_s:.3g} | {ratio:.2f}x | "
             f"{traced / 2**20:.0f} / {rss / 2**20:.0f} | {fmt(agree)} | {fmt(recall)} |")
 
 

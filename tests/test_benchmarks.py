@@ -15,7 +15,7 @@ from _helpers import run_help
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 SCRIPTS = (
-    "bench_all_layers.py", "bench_distributed.py", "bench_losses.py", "bench_mining.py", "bench_recall.py", "bench_spectral.py",
+    "bench_all_layers.py", "bench_distributed.py", "bench_losses.py", "bench_mining.py", "bench_recall.py", "bench_search.py", "bench_spectral.py",
     "bench_train_step.py", "distance_accuracy.py",
 )
 
@@ -114,3 +114,23 @@ def test_all_layers_benchmark_times_the_five_settings():
     assert [r[0].strip() for r in rows] == ["none", "weight decay", "SVMax, embedding",
                                             "SVMax, every layer", "VICReg, every layer"]
     assert all(float(r[1]) > 0 for r in rows) and rows[0][2].strip() == "1.00x"
+
+
+def test_search_benchmark_on_a_tiny_gallery():
+    """Every row of the search benchmark (exact, faiss flat, IVF, HNSW) on 2 000 items; the
+    approximate indexes' agreement with exact is in [0, 1] and faiss flat's is 1."""
+    pytest.importorskip("faiss", reason="faiss-cpu is not installed")
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import bench_search
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    args = bench_search.main.__globals__["argparse"].Namespace(
+        gallery=[2000], queries=40, dim=16, k=5, noise=2.0, nlist=16, nprobe=[4],
+        ef_search=[32], hnsw_max=2000, out=None)
+    lines, _ = bench_search.run(args)
+    rows = [line.split("|")[1:-1] for line in lines if line.startswith("| 2000")]
+    assert [r[1].strip() for r in rows] == ["exact", "faiss flat", "faiss ivf", "faiss hnsw"]
+    assert all(float(r[4]) > 0 for r in rows)
+    assert float(rows[1][7]) == 1.0 and all(0 <= float(r[7]) <= 1 for r in rows[1:])
+    assert "Recall@1 = " in lines[-1]
