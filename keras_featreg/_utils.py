@@ -140,7 +140,8 @@ def check_same_shape(name_a, a, name_b, b):
     """
     shape_a, shape_b = tuple(a.shape), tuple(b.shape)
     same = len(shape_a) == len(shape_b) and all(
-        da is None or db is None or int(da) == int(db) for da, db in zip(shape_a, shape_b)
+        static_size(da) is None or static_size(db) is None or int(da) == int(db)
+        for da, db in zip(shape_a, shape_b)
     )
     if not same:
         raise ValueError(
@@ -194,15 +195,36 @@ def mean(x, axis=None, keepdims=False):
         axes = axis if isinstance(axis, (tuple, list)) else (axis,)
     count = 1
     for a in axes:
-        dim = x.shape[a]
-        count = count * (int(dim) if dim is not None else ops.cast(ops.shape(x)[a], x.dtype))
+        dim = static_dim(x, a)
+        count = count * (dim if dim is not None else ops.cast(ops.shape(x)[a], x.dtype))
     return total / (float(count) if isinstance(count, int) else count)
 
 
+def static_size(dim):
+    """A dimension of a static shape as a Python int, or None when it is not a known integer.
+
+    Unknown means ``None`` (a ``tf.function`` or ``keras.Input`` batch dimension) or a
+    symbolic dimension: ``model.export()`` on the JAX backend traces with
+    ``jax.export``/``jax2tf`` shape polymorphism, where the batch dimension is a symbolic
+    expression that is neither None nor an int (``int()`` of it raises, and ``<`` against an
+    int is "inconclusive").  Such a dimension is treated as unknown, so the caller takes its
+    dynamic-shape path (``ops.shape(x)[axis]`` as a tensor).
+
+    Example:
+
+    >>> from keras_featreg._utils import static_size
+    >>> static_size(3), static_size(None)
+    (3, None)
+    """
+    if isinstance(dim, numbers.Integral) and not isinstance(dim, bool):
+        return int(dim)
+    return None
+
+
 def static_dim(x, axis):
-    """The static size of `x` along `axis`, or None when unknown at trace time."""
-    dim = x.shape[axis]
-    return None if dim is None else int(dim)
+    """The static size of `x` along `axis`, or None when unknown at trace time (a ``None``
+    dimension or a symbolic one, see :func:`static_size`)."""
+    return static_size(x.shape[axis])
 
 
 def batch_size_as(x, dtype="float32"):

@@ -17,12 +17,17 @@ Everything that differs between Keras backends lives here, small and isolated:
   (TensorFlow without XLA), else None (the caller runs its own binary search).
 * :func:`keras_divides_activity_regularizers`: Keras >= 3.14 divides whatever an
   ``activity_regularizer`` returns by the batch size; earlier Keras 3 releases do not.
+* :func:`top_k`: ``keras.ops.top_k``, except while JAX traces with symbolic (shape-
+  polymorphic) dimensions, as ``model.export()`` does: JAX 0.10 serializes ``lax.top_k``
+  as a StableHLO composite that TensorFlow 2.21 cannot read back, so the exported
+  function uses ``k`` rounds of ``argmax`` instead (same values and indices).
 * Distributed training: :func:`gather_replicas`, :func:`num_replicas_in_sync`,
   :func:`scale_loss_for_replicas` and :func:`make_losses_replica_local` (``tf.distribute``
   replica contexts; no-ops elsewhere, see "Distributed training" below).
 """
 
 import functools
+import numbers
 import os
 import threading
 
@@ -135,6 +140,61 @@ def keras_divides_activity_regularizers():
     loss, batch_size)``); Keras 3.0-3.13 add the value unchanged.
     """
     return _parse_version(keras.version()) >= (3, 14, 0)
+
+
+def has_symbolic_shape(x):
+    """True while JAX traces `x` with a symbolic dimension (``jax.export`` shape polymorphism).
+
+    Keras's ``model.export()`` on JAX converts the model with ``jax2tf`` and a symbolic batch
+    dimension (``"batch"``): ``x.shape[0]`` is then an expression that is neither None nor an
+    int.  Always False on the other backends (unknown TensorFlow dimensions are None).
+    """
+    if backend_name() != "jax":
+        return False
+    return not all(isinstance(dim, numbers.Integral) for dim in x.shape)
+
+
+def top_k(x, k, sorted=True):
+    """``keras.ops.top_k(x, k, sorted)``: the ``k`` largest entries along the last axis.
+
+    Returns ``(values, indices)``.  Identical to ``keras.ops.top_k`` except
+    while JAX traces `x` with a symbolic dimension (:func:`has_symbolic_shape`, i.e. inside
+    ``model.export()``): JAX 0.10 lowers ``lax.top_k`` to ``chlo.top_k``, which it
+    serializes as a StableHLO composite (``vhlo.composite_v2``, StableHLO >= 1.14) that
+    TensorFlow 2.21's XLA (StableHLO 1.13) cannot deserialize, so the SavedModel fails when
+    called ("unregistered operation 'vhlo.composite_v2'").  There the ``k`` largest entries
+    are found by ``k`` rounds of max/argmax over the entries not yet taken (reductions that
+    every StableHLO reader knows): the same values and indices, sorted, ties in index order
+    (as ``lax.top_k``), NaN ranked above every number, int32 indices.  Each round is a few passes over
+    `x`: about ``5 k`` element operations per entry instead of a native top-k's
+    ``O(log k)``, which for a distance matrix is of the order of its ``O(d)`` matmul.
+    A fully static export signature keeps ``lax.top_k`` and needs a TensorFlow that reads
+    JAX's StableHLO.
+    """
+    if not has_symbolic_shape(x) or "float" not in keras.backend.standardize_dtype(x.dtype):
+        return keras.ops.top_k(x, k=k, sorted=sorted)
+    return _top_k_by_rounds(x, int(k))
+
+
+def _top_k_by_rounds(x, k):
+    ops = keras.ops
+    columns = ops.arange(ops.shape(x)[-1], dtype="int32")
+    taken = ops.zeros_like(x, dtype="bool")
+    lowest = ops.full_like(x, float("-inf"))
+    values, indices = [], []
+    for _ in range(k):
+        free = ops.logical_not(taken)
+        masked = ops.where(taken, lowest, x)
+        best = ops.max(masked, axis=-1, keepdims=True)  # NaN if a free entry is NaN
+        hit = ops.logical_or(ops.equal(masked, best),
+                             ops.logical_and(ops.isnan(x), ops.isnan(best)))
+        hit = ops.logical_and(hit, free)  # a taken -inf never matches a free -inf maximum
+        index = ops.cast(ops.argmax(ops.cast(hit, "int32"), axis=-1), "int32")  # first hit
+        index = ops.expand_dims(index, -1)
+        values.append(ops.take_along_axis(x, index, axis=-1))
+        indices.append(index)
+        taken = ops.logical_or(taken, ops.equal(columns, index))
+    return ops.concatenate(values, axis=-1), ops.concatenate(indices, axis=-1)
 
 
 # ---- Distributed training ------------------------------------------------------------

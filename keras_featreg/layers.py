@@ -7,14 +7,21 @@
   (:class:`~keras_featreg.losses.ProxyAnchorLoss`, ArcFace, CosFace) and the cosines to
   them; :func:`embedding_model` cuts a trained model back to its embedding.
 * :class:`EmbeddingMemory`: the memory of :class:`~keras_featreg.losses.CrossBatchMemory`.
+* :class:`NearestNeighbors`: a gallery of candidate embeddings (with their ids and
+  optional labels) kept as non-trainable weights, and the top-k nearest candidates of each
+  query, in the graph: retrieval that saves, exports and serves with the model.
 """
 
 import weakref
 
 import keras
+import numpy as np
 from keras import ops
 
 from keras_featreg import _utils
+from keras_featreg import backend as _backend
+from keras_featreg import distances as distances_lib
+from keras_featreg._host import ranking_of
 from keras_featreg.ops.pairwise import cosine_similarity_matrix
 from keras_featreg.regularizers import FeatureRegularizer
 
@@ -323,3 +330,266 @@ class EmbeddingMemory(keras.layers.Layer):
         config = super().get_config()
         config.update({"memory_size": self.memory_size, "embedding_size": self.embedding_size})
         return config
+
+
+# ------------------------------------------------------------- nearest neighbours
+
+
+_INT32 = np.iinfo(np.int32)
+
+
+def _id_vector(values, num_candidates, name):
+    """``values`` (``ids`` or ``labels``) as an int32 NumPy vector of length `num_candidates`."""
+    values = _utils.class_id_vector(values, name=name)
+    if values.dtype.kind not in "iu":
+        if values.dtype.kind != "f" or not np.all(np.isfinite(values)) or np.any(
+                values != np.round(values)):
+            raise ValueError(
+                f"`{name}` must hold integers (one per candidate). "
+                f"Received: {name}.dtype={values.dtype}")
+    if values.shape[0] != num_candidates:
+        raise ValueError(
+            f"`{name}` must hold one value per candidate ({num_candidates}). "
+            f"Received: {name}.shape={values.shape}")
+    if values.size and (values.min() < _INT32.min or values.max() > _INT32.max):
+        raise ValueError(
+            f"`{name}` must fit in int32 (they are stored as int32 weights). "
+            f"Received: {name} in [{values.min()}, {values.max()}]")
+    return values.astype(np.int32)
+
+
+@keras.saving.register_keras_serializable(package=_utils.PACKAGE)
+class NearestNeighbors(keras.layers.Layer):
+    """The ``k`` nearest candidates of each query, from a gallery held as non-trainable weights.
+
+    Brute-force retrieval inside the graph, the in-model counterpart of
+    :class:`keras_featreg.search.Index`: the layer scores every query against every
+    candidate with the library's distance primitive (:mod:`keras_featreg.ops.pairwise`
+    between the query batch and the gallery: :func:`~keras_featreg.ops.pairwise.pairwise_distances`,
+    near pairs recomputed exactly, or :func:`~keras_featreg.ops.pairwise.pairwise_dot`)
+    and keeps the best ``k`` with ``keras.ops.top_k`` (:func:`keras_featreg.backend.top_k`).
+    The gallery is model state: ``candidates`` ``(num_candidates, dim)`` (float, never
+    autocast to a half-precision compute dtype), ``ids`` ``(num_candidates,)`` int32 and,
+    when labels are given, ``labels`` ``(num_candidates,)`` int32.  They are saved in
+    ``.keras`` files and captured by ``model.export()``, so an embedding model followed by
+    this layer is one artefact from raw inputs to the ids of the nearest gallery items.
+
+    ``call(queries)`` takes a ``(b, dim)`` float batch and returns a dict of ``(b, k)``
+    tensors, nearest first:
+
+    * ``"distances"``: as in :class:`~keras_featreg.search.Index`, in the units of the
+      metric's ranking and **smaller is always closer**: the Euclidean distance
+      (``"euclidean"``, ``"squared_euclidean"``), the cosine distance ``1 - cos`` in
+      ``[0, 2]`` (``"cosine"``, ``"cosine_similarity"``) or the **negated** dot product
+      (``"dot_product"``).
+    * ``"ids"``: int32, the ``ids`` of those candidates.
+    * ``"labels"``: int32, their ``labels`` (only when the gallery has labels).
+
+    Candidates at exactly the same distance come in gallery order on TensorFlow and JAX
+    (their ``top_k`` is stable); torch's ``topk`` does not promise an order among ties.
+    The cost is ``O(b * num_candidates * dim)`` per call with a ``(b, num_candidates)``
+    score matrix in memory: a gallery that fits on the device, not an approximate index.
+    A NaN in a query gives NaN distances and arbitrary ids for that query.
+
+    Args:
+        k: number of neighbours returned, an int in ``[1, num_candidates]``.
+        metric: a :mod:`keras_featreg.distances` name or object; it ranks as its
+            ``evaluation_metric``, ``"euclidean"``, ``"cosine"`` or ``"dot_product"``
+            (the rule of :mod:`keras_featreg.evaluation` and :mod:`keras_featreg.search`),
+            which is what the layer computes and saves.  Default ``"euclidean"``.
+        candidates: optional ``(num_candidates, dim)`` float array: the gallery (see
+            :meth:`set_candidates`).
+        ids: optional ``(num_candidates,)`` distinct integer ids of the candidates
+            (default ``0 .. num_candidates - 1``).
+        labels: optional ``(num_candidates,)`` integer labels of the candidates.
+        num_candidates, dim, has_labels: the shape of a gallery filled later (by
+            :meth:`set_candidates` or by loading saved weights); inferred from
+            ``candidates`` when given.  ``dim`` defaults to the last dimension of the input.
+            They are what ``get_config`` saves: the gallery itself travels as weights.
+        **kwargs: ``keras.layers.Layer`` arguments (``name``, ``dtype``, ...).
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras_featreg.layers import NearestNeighbors
+    >>> gallery = np.array([[0.0, 0.0], [1.0, 0.0], [5.0, 5.0]], "float32")
+    >>> knn = NearestNeighbors(2, candidates=gallery, ids=[10, 11, 12])
+    >>> out = knn(np.array([[0.9, 0.1]], "float32"))
+    >>> np.asarray(out["ids"]).tolist()
+    [[11, 10]]
+    >>> np.asarray(out["distances"], dtype=float).round(4).tolist()
+    [[0.1414, 0.9055]]
+    """
+
+    def __init__(self, k, metric="euclidean", candidates=None, ids=None, labels=None,
+                 num_candidates=None, dim=None, has_labels=False, **kwargs):
+        super().__init__(**kwargs)
+        self.k = _utils.check_int("k", k)
+        # The ranking rule of evaluation and search: "euclidean", "cosine" or "dot_product".
+        self.metric = ranking_of(metric)
+        self.distance = distances_lib.get(self.metric)
+        self.num_candidates = _utils.check_optional_int("num_candidates", num_candidates)
+        self.dim = _utils.check_optional_int("dim", dim)
+        self.has_labels = _utils.check_bool("has_labels", has_labels)
+        if self.num_candidates is not None:
+            self._check_k(self.num_candidates)
+        if candidates is not None:
+            self.set_candidates(candidates, ids=ids, labels=labels)
+        elif ids is not None or labels is not None:
+            raise ValueError(
+                "`ids` and `labels` describe `candidates`: pass `candidates` with them. "
+                f"Received: candidates=None, ids={ids is not None and 'given'}, "
+                f"labels={labels is not None and 'given'}")
+
+    def _check_k(self, num_candidates):
+        if self.k > num_candidates:
+            raise ValueError(
+                f"`k` must be in [1, number of candidates] = [1, {num_candidates}]. "
+                f"Received: k={self.k}")
+
+    def build(self, input_shape=None):
+        dim = None if input_shape is None else _utils.static_size(input_shape[-1])
+        if self.dim is not None and dim is not None and dim != self.dim:
+            raise ValueError(
+                f"`queries` must have {self.dim} features, the dimension of the candidates. "
+                f"Received: queries.shape={tuple(input_shape)}")
+        if self.dim is None:
+            self.dim = dim
+        if self.num_candidates is None or self.dim is None:
+            raise ValueError(
+                "NearestNeighbors needs its gallery's shape before it is built: pass "
+                "`candidates=` (or `num_candidates=` and `dim=`, then call set_candidates()). "
+                f"Received: num_candidates={self.num_candidates}, dim={self.dim}")
+        n = self.num_candidates
+        self.candidates = self.add_weight(
+            name="candidates", shape=(n, self.dim), initializer="zeros", trainable=False,
+            autocast=False)
+        self.ids = self.add_weight(
+            name="ids", shape=(n,), dtype="int32", trainable=False,
+            initializer=lambda shape, dtype=None: ops.arange(shape[0], dtype="int32"))
+        self.labels = None
+        if self.has_labels:
+            self.labels = self.add_weight(
+                name="labels", shape=(n,), dtype="int32", initializer="zeros",
+                trainable=False)
+        self.built = True
+
+    def set_candidates(self, candidates, ids=None, labels=None):
+        """Fills the gallery: creates the weights on first use, then assigns them.
+
+        The gallery's shape is fixed once the layer is built (the weights' shape): later
+        calls must pass the same number of candidates, dimension and presence of labels
+        (build a new layer for another gallery size).
+
+        Args:
+            candidates: ``(num_candidates, dim)`` finite float array or tensor.
+            ids: optional ``(num_candidates,)`` distinct integers (int32 range); default
+                ``0 .. num_candidates - 1``.
+            labels: optional ``(num_candidates,)`` integers (int32 range); required when
+                the gallery was built with labels, refused when it was built without.
+
+        Raises:
+            ValueError: naming ``candidates``, ``ids`` or ``labels``, for a wrong shape,
+                dtype or non-finite value, repeated ids, or fewer candidates than ``k``.
+        """
+        if not isinstance(candidates, np.ndarray) and hasattr(candidates, "shape"):
+            candidates = ops.convert_to_numpy(candidates)  # a backend tensor
+        values = np.asarray(candidates)
+        if values.ndim != 2 or values.shape[0] < 1 or values.shape[1] < 1:
+            raise ValueError(
+                "`candidates` must be a non-empty matrix, shape (num_candidates, dim). "
+                f"Received: candidates.shape={values.shape}")
+        if values.dtype.kind not in "fiu":
+            raise ValueError(
+                f"`candidates` must be numeric (float). Received: candidates.dtype={values.dtype}")
+        if not np.all(np.isfinite(values)):
+            raise ValueError(
+                "`candidates` must be finite. Received: candidates with "
+                f"{int(np.count_nonzero(~np.isfinite(values).all(axis=1)))} rows holding NaN or inf")
+        n, d = values.shape
+        ids = np.arange(n, dtype=np.int32) if ids is None else _id_vector(ids, n, "ids")
+        if np.unique(ids).size != n:
+            raise ValueError(
+                f"`ids` must be distinct. Received: {n - np.unique(ids).size} repeated ids")
+        labels = None if labels is None else _id_vector(labels, n, "labels")
+        if self.built:
+            if (n, d) != (self.num_candidates, self.dim):
+                raise ValueError(
+                    "The gallery's shape is fixed once the layer is built: `candidates` must "
+                    f"have shape ({self.num_candidates}, {self.dim}). "
+                    f"Received: candidates.shape={values.shape}")
+            if (labels is not None) != self.has_labels:
+                raise ValueError(
+                    f"This gallery was built {'with' if self.has_labels else 'without'} "
+                    f"labels: `labels` must be {'given' if self.has_labels else 'None'}. "
+                    f"Received: labels={'None' if labels is None else 'given'}")
+        else:
+            if self.num_candidates is not None and n != self.num_candidates:
+                raise ValueError(
+                    f"`candidates` must have num_candidates={self.num_candidates} rows. "
+                    f"Received: candidates.shape={values.shape}")
+            if self.dim is not None and d != self.dim:
+                raise ValueError(
+                    f"`candidates` must have dim={self.dim} columns. "
+                    f"Received: candidates.shape={values.shape}")
+            if self.has_labels and labels is None:
+                raise ValueError(
+                    "`labels` must be given: the layer was configured with has_labels=True. "
+                    "Received: labels=None")
+            self._check_k(n)
+            self.num_candidates, self.dim = n, d
+            self.has_labels = labels is not None
+            self.build((None, d))
+        self.candidates.assign(values.astype(self.candidates.dtype))
+        self.ids.assign(ids)
+        if labels is not None:
+            self.labels.assign(labels)
+
+    def call(self, queries):
+        queries = _utils.as_float_tensor(queries, name="queries", min_rank=2, max_rank=2)
+        self._check_queries(queries.shape)
+        scores = self.distance(queries, ops.convert_to_tensor(self.candidates))
+        distances = self.distance.as_distance(scores)  # smaller is closer (dot negated)
+        # top_k keeps the largest; negation is exact, so no value changes on the way.
+        best, index = _backend.top_k(ops.negative(distances), k=self.k)
+        outputs = {
+            "distances": ops.negative(best),
+            "ids": ops.take(ops.convert_to_tensor(self.ids), index, axis=0),
+        }
+        if self.has_labels:
+            outputs["labels"] = ops.take(ops.convert_to_tensor(self.labels), index, axis=0)
+        return outputs
+
+    def _check_queries(self, shape):
+        if len(shape) != 2:
+            raise ValueError(
+                "`queries` must have rank 2, shape (batch_size, dim). "
+                f"Received: queries.shape={tuple(shape)}")
+        dim = _utils.static_size(shape[-1])
+        if dim is not None and dim != self.dim:
+            raise ValueError(
+                f"`queries` must have {self.dim} features, the dimension of the candidates. "
+                f"Received: queries.shape={tuple(shape)}")
+
+    def compute_output_spec(self, queries):
+        self._check_queries(queries.shape)
+        dtypes = (_utils.compute_dtype(queries), _utils.compute_dtype(self.candidates))
+        dtype = "float64" if "float64" in dtypes else "float32"
+        shape = (queries.shape[0], self.k)
+        spec = {
+            "distances": keras.KerasTensor(shape, dtype=dtype),
+            "ids": keras.KerasTensor(shape, dtype="int32"),
+        }
+        if self.has_labels:
+            spec["labels"] = keras.KerasTensor(shape, dtype="int32")
+        return spec
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "k": self.k,
+            "metric": self.metric,
+            "num_candidates": self.num_candidates,
+            "dim": self.dim,
+            "has_labels": self.has_labels,
+        }

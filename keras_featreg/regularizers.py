@@ -19,6 +19,19 @@ All computations run in float32 when the layer computes in float16/bfloat16 (mix
 precision): no backend has a half-precision SVD, and batch statistics overflow in float16.
 float64 activations are computed in float64.  A batch holding a NaN or an infinity gives a
 NaN penalty (never a finite one), so a diverging model is not hidden.
+
+**No static batch size needed (``model.export()``).**  The batch size is read as a tensor
+(``ops.shape(x)[0]``, cast to float) wherever a Python int is not required, and a batch
+dimension that is ``None`` (a ``tf.function`` signature) or *symbolic* is treated as unknown
+(:func:`keras_featreg._utils.static_size`): shape-dependent choices (the Gram side, the
+``"auto"`` methods) then take their dynamic-shape paths.  Symbolic dimensions are what
+``model.export()`` traces with on JAX (``jax2tf`` with a ``"batch"`` dimension); before,
+SVMax, VICReg and SpreadOut called ``int()`` or ``<`` on it and the export failed with
+``InconclusiveDimensionOperation``.  Skipping the penalty at inference instead was
+rejected: Keras 3 computes activity regularizers on every call, ``training=False``
+included, and ``model.evaluate`` adds them to its loss, so that would change evaluation
+numbers.  In an exported model the penalty is traced but is not an output of the serving
+function, so it changes nothing that is served.
 """
 
 import keras
@@ -308,7 +321,8 @@ class SpreadOut(FeatureRegularizer):
         total = ops.sum(e, axis=0)
         pairs = ops.maximum(b * (b - 1.0), 1.0)
         m1 = (ops.sum(ops.square(total)) - ops.sum(sq_norms)) / pairs
-        wide = e.shape[0] is not None and e.shape[1] is not None and e.shape[0] < e.shape[1]
+        b_static, d_static = _utils.static_dim(e, 0), _utils.static_dim(e, 1)
+        wide = b_static is not None and d_static is not None and b_static < d_static
         gram = ops.matmul(e, ops.transpose(e)) if wide else ops.matmul(ops.transpose(e), e)
         m2 = (ops.sum(ops.square(gram)) - ops.sum(ops.square(sq_norms))) / pairs
         has_pairs = ops.cast(b > 1.0, e.dtype)

@@ -197,3 +197,24 @@ def assert_small_png(path):
     assert os.path.isfile(path), path
     size = os.path.getsize(path)
     assert 0 < size < 200 * 1024, (path, size)
+
+
+# ---- model.export() --------------------------------------------------------------------
+
+def require_tf_saved_model_export():
+    """Skips where ``model.export(format="tf_saved_model")`` cannot run."""
+    backend = keras.backend.backend()
+    if backend == "torch":
+        pytest.importorskip(
+            "torch_xla", reason="Keras's tf_saved_model export on the torch backend needs torch_xla")
+    elif backend not in ("tensorflow", "jax"):
+        pytest.skip(f"no tf_saved_model export on the {backend} backend")
+    return pytest.importorskip("tensorflow", reason="export writes a TensorFlow SavedModel")
+
+
+def export_and_reload(model, tmp_path, name="exported"):
+    """``model.export()`` to `tmp_path`, then ``tf.saved_model.load`` (kept alive by the caller)."""
+    tf = require_tf_saved_model_export()
+    path = os.path.join(tmp_path, name)
+    model.export(path, verbose=False)
+    return tf.saved_model.load(path)

@@ -54,8 +54,8 @@ def variance_penalty(z, gamma=1.0, epsilon=1e-4):
 def resolve_covariance_method(z, method="auto"):
     if method != "auto":
         return method
-    n, d = z.shape[0], z.shape[1]
-    if n is not None and d is not None and int(n) < int(d):
+    n, d = _utils.static_dim(z, 0), _utils.static_dim(z, 1)
+    if n is not None and d is not None and n < d:
         return "gram"
     return "covariance"
 
@@ -80,7 +80,7 @@ def covariance_penalty(z, method="auto"):
     if method == "gram":
         gram = ops.matmul(zc, ops.transpose(zc)) / denom
         diag = ops.sum(ops.square(zc), axis=0) / denom
-        if z.shape[1] is not None and int(z.shape[1]) == 1:
+        if _utils.static_dim(z, 1) == 1:
             return ops.zeros((), dtype=z.dtype)  # no off-diagonal entry
         # ||C||_F^2 - sum_j C_jj^2: a difference of sums, clamped against rounding below 0.
         return ops.relu(ops.sum(ops.square(gram)) - ops.sum(ops.square(diag))) / d

@@ -12,6 +12,7 @@ import numpy as np
 from keras import ops
 
 from keras_featreg import _utils
+from keras_featreg import backend as _backend
 
 METRICS = ("euclidean", "squared_euclidean", "cosine")
 
@@ -194,7 +195,7 @@ def _refine(squared, x, y, ratio, refine):
         squared = ops.pad(squared, [[0, 0], [0, padding]])
         ratio = ops.pad(ratio, [[0, 0], [0, padding]], constant_values=float("inf"))
         y = ops.pad(y, [[0, padding], [0, 0]])
-    _, columns = ops.top_k(-ops.stop_gradient(ratio), k=refine, sorted=False)
+    _, columns = _backend.top_k(-ops.stop_gradient(ratio), k=refine, sorted=False)
     partners = ops.take(y, ops.reshape(columns, (-1,)), axis=0)
     partners = ops.reshape(partners, (ops.shape(x)[0], refine, ops.shape(x)[1]))
     exact = ops.sum(ops.square(ops.expand_dims(x, 1) - partners), axis=-1)

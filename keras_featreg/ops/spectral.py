@@ -105,15 +105,20 @@ def reduce_features(x, mode="flatten"):
         return x
     if mode == "average":
         return _utils.mean(x, axis=tuple(range(1, len(x.shape) - 1)))
-    feature_shape = x.shape[1:]
+    feature_shape = [_utils.static_size(dim) for dim in x.shape[1:]]
     if all(dim is not None for dim in feature_shape):
         return ops.reshape(x, (-1, int(math.prod(feature_shape))))
     return ops.reshape(x, (ops.shape(x)[0], -1))
 
 
 def _dims(x):
-    b, d = x.shape[0], x.shape[1]
-    return (None if b is None else int(b)), (None if d is None else int(d))
+    """``(b, d)`` as Python ints, each None when unknown at trace time.
+
+    Unknown is a ``None`` dimension or a symbolic one (JAX ``model.export()``, see
+    :func:`keras_featreg._utils.static_size`); every caller then takes its dynamic-shape
+    path, so no computation here needs a static batch size.
+    """
+    return _utils.static_dim(x, 0), _utils.static_dim(x, 1)
 
 
 def _eps(dtype):
@@ -162,10 +167,12 @@ def _straight_through(value, surrogate):
 def _polar_gram(x):
     """Polar factor ``U V^T`` of ``x`` from an eigh of the smaller Gram matrix."""
     wide = _wide(x)
-    if wide is None:  # dynamic batch: decide at run time
-        b = ops.shape(x)[0]
-        d = x.shape[1] if x.shape[1] is not None else ops.shape(x)[1]
-        return ops.cond(b < d, lambda: _polar_gram_side(x, True), lambda: _polar_gram_side(x, False))
+    if wide is None:  # dynamic batch: decide at run time, on tensors (a symbolic JAX
+        # dimension cannot be compared with `<`)
+        b = ops.cast(ops.shape(x)[0], "int32")
+        d = ops.cast(ops.shape(x)[1], "int32")
+        return ops.cond(ops.less(b, d), lambda: _polar_gram_side(x, True),
+                        lambda: _polar_gram_side(x, False))
     return _polar_gram_side(x, wide)
 
 
@@ -344,7 +351,7 @@ def nuclear_norm(x, method="auto", iterations=DEFAULT_POLAR_ITERATIONS):
 
 
 def _num_features(x):
-    d = x.shape[1]
+    d = _utils.static_dim(x, 1)
     return float(d) if d is not None else ops.cast(ops.shape(x)[1], x.dtype)
 
 
