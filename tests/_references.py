@@ -283,3 +283,100 @@ def ref_query_reference(queries, query_labels, reference, reference_labels, ks=(
     return {"recall": {k: float(np.mean(v)) for k, v in recall.items()},
             "precision_at_1": float(np.mean(p1)), "map_at_r": float(np.mean(aps)),
             "r_precision": float(np.mean(rps))}
+
+
+# ---- collapse measures (RankMe, alpha-ReQ, LiDAR, participation ratio, Jing et al.) -----
+
+
+def ref_entropy_rank(values, eps=1e-7):
+    """exp(-sum p log p), p = |v| / ||v||_1 + eps (0/0 taken as 0)."""
+    v = np.abs(np.asarray(values, np.float64))
+    total = v.sum()
+    p = (v / total if total > 0 else np.zeros_like(v)) + eps
+    return float(np.exp(-np.sum(p * np.log(p))))
+
+
+def ref_reptrix_get_rank(eigen):
+    """reptrix `rankme.get_rank` / `lidar.get_rank` (arnab39/reptrix), transcribed."""
+    l1 = np.sum(np.abs(eigen))
+    eps = 1e-7
+    eigen_norm = eigen / l1 + eps
+    entropy = -np.sum(eigen_norm * np.log(eigen_norm))
+    return float(np.exp(entropy))
+
+
+def ref_rankme(z, eps=1e-7):
+    """RankMe (Garrido et al., ICML 2023, eq. 1) on the singular values of the raw Z."""
+    return ref_entropy_rank(np.linalg.svd(np.asarray(z, np.float64), compute_uv=False), eps)
+
+
+def ref_cov_eigenvalues(z):
+    """Eigenvalues of the unbiased covariance, descending, the top min(n, d), clipped at 0."""
+    z = np.asarray(z, np.float64)
+    n, d = z.shape
+    zc = z - z.mean(0)
+    lam = np.linalg.eigvalsh(zc.T @ zc / (n - 1))[::-1][: min(n, d)]
+    return np.maximum(lam, 0.0)
+
+
+def ref_floor(lam, eps):
+    """The floor of keras_featreg's log-spectrum: k eps lambda_1 and 1e-30."""
+    return np.maximum(lam, max(lam.max() * len(lam) * eps, 1e-30))
+
+
+def ref_reptrix_powerlaw(eigen, trange):
+    """reptrix `alpha.get_powerlaw`'s alpha (after Stringer et al.), transcribed."""
+    logss = np.log(np.abs(eigen))
+    y = logss[trange][:, np.newaxis]
+    trange = trange + 1
+    nt = trange.size
+    x = np.concatenate((-np.log(trange)[:, np.newaxis], np.ones((nt, 1))), axis=1)
+    w = 1.0 / trange.astype(np.float64)[:, np.newaxis]
+    b = np.linalg.solve(x.T @ (x * w), (w * x).T @ y).flatten()
+    return float(b[0])
+
+
+def ref_alpha_req(z, fit_range=(5, 100), weighted=True, eps=2.0**-52):
+    """alpha-ReQ: (weighted) least squares of log lambda_i on -log i over fit_range."""
+    lam = ref_cov_eigenvalues(z)
+    k = len(lam)
+    if k < 2:
+        return 0.0
+    start, stop = fit_range[0], min(fit_range[1], k)
+    if stop - start < 3:
+        start, stop = 0, k
+    i = np.arange(start, stop) + 1.0
+    y = np.log(ref_floor(lam, eps))[start:stop]
+    x = np.stack([-np.log(i), np.ones_like(i)], 1)
+    w = 1.0 / i if weighted else np.ones_like(i)
+    coef = np.linalg.solve(x.T @ (x * w[:, None]), x.T @ (w * y))
+    return float(coef[0])
+
+
+def ref_participation_ratio(z):
+    z = np.asarray(z, np.float64)
+    zc = z - z.mean(0)
+    c = zc.T @ zc / (len(z) - 1)
+    sq = np.trace(c @ c)
+    return float(np.trace(c) ** 2 / sq) if sq > 0 else 0.0
+
+
+def ref_collapsed_dimensions(z, threshold=1e-5):
+    z = np.asarray(z, np.float64)
+    lam = ref_cov_eigenvalues(z)
+    return float(z.shape[1] - np.sum(lam > threshold * lam.max()))
+
+
+def ref_lidar(views, delta=1e-4, eps=1e-7):
+    """LiDAR (Thilak et al., ICLR 2024, Sec. 3) on views of shape (n, q, d)."""
+    v = np.asarray(views, np.float64)
+    n, q, d = v.shape
+    mu_i = v.mean(1)
+    mb = mu_i - mu_i.mean(0)
+    sigma_b = mb.T @ mb / (n - 1)
+    w = (v - mu_i[:, None, :]).reshape(-1, d)
+    sigma_w = w.T @ w / (n * (q - 1)) + delta * np.eye(d)
+    lw, vw = np.linalg.eigh(sigma_w)
+    inv_sqrt = vw @ np.diag(lw**-0.5) @ vw.T
+    lam = np.linalg.eigvalsh(inv_sqrt @ sigma_b @ inv_sqrt)
+    return ref_entropy_rank(np.maximum(lam, 0.0), eps)

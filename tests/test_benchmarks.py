@@ -15,7 +15,7 @@ from _helpers import run_help
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 SCRIPTS = (
-    "bench_all_layers.py", "bench_distributed.py", "bench_losses.py", "bench_mining.py", "bench_recall.py", "bench_search.py", "bench_spectral.py",
+    "bench_all_layers.py", "bench_collapse.py", "bench_distributed.py", "bench_losses.py", "bench_mining.py", "bench_recall.py", "bench_search.py", "bench_spectral.py",
     "bench_train_step.py", "distance_accuracy.py",
 )
 
@@ -126,7 +126,7 @@ def test_search_benchmark_on_a_tiny_gallery():
     finally:
         sys.path.remove(str(BENCHMARKS))
     args = bench_search.main.__globals__["argparse"].Namespace(
-        gallery=[2000], queries=40, dim=16, k=5, noise=2.0, nlist=16, nprobe=[4],
+        gallery=[2000], queries=40, dim=16, k=5, noise=2.0, intrinsic_dim=4, nlist=16, nprobe=[4],
         ef_search=[32], hnsw_max=2000, out=None)
     lines, _ = bench_search.run(args)
     rows = [line.split("|")[1:-1] for line in lines if line.startswith("| 2000")]
@@ -134,3 +134,17 @@ def test_search_benchmark_on_a_tiny_gallery():
     assert all(float(r[4]) > 0 for r in rows)
     assert float(rows[1][7]) == 1.0 and all(0 <= float(r[7]) <= 1 for r in rows[1:])
     assert "Recall@1 = " in lines[-1]
+
+
+@pytest.mark.tensorflow_only
+def test_collapse_benchmark_times_every_measure_on_a_small_matrix():
+    """Every collapse measure and the SVD baseline on a 200 x 32 matrix."""
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import bench_collapse
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    rows, failures = [], []
+    bench_collapse.run(200, 32, 1, rows, failures)
+    assert [r[0] for r in rows][:3] == ["plain SVD (baseline)", "effective_rank", "alpha_req"]
+    assert len(rows) == 8 and failures == [] and all(float(r[1]) >= 0 for r in rows)
