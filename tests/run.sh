@@ -43,8 +43,8 @@ fi
 
 # The passes run as parallel lanes (two CPU-bound pytest processes keep 2 cores busier than
 # one: the JAX and torch passes are mostly single-threaded op dispatch and compilation):
-# lane A = TensorFlow, Keras 3.13's strength tests, then torch; lane B = JAX (the longest
-# pass; the lanes take about as long). Each lane
+# lane A = TensorFlow, Keras 3.13's strength tests, torch, then JAX on the loss tests;
+# lane B = JAX on the other tests (the lanes take about as long). Each lane
 # writes a log, printed whole when the lane ends. SERIAL=1 runs them one after the other.
 LOGS=$(mktemp -d)
 trap 'rm -rf "$LOGS"' EXIT
@@ -79,6 +79,9 @@ strength_313() {
         "$PY" -m pytest -q -p no:cacheprovider tests/test_strength.py
 }
 
+# The JAX pass is the longest: its loss tests run in lane A after torch, the rest in lane B.
+JAX_IN_LANE_A=(tests/test_losses_*.py)
+
 lane_a() {
     local status=0
     backend_pass tensorflow "$@" || status=1
@@ -88,29 +91,30 @@ lane_a() {
     else
         pass "skipped KERAS_BACKEND=torch: torch is not installed (pip install -e \".[torch]\"; .ci/run does)"
     fi
+    backend_pass jax "${JAX_IN_LANE_A[@]}" "$@" || status=1
     return $status
 }
 
 lane_b() {
-    backend_pass jax "$@"
+    backend_pass jax --ignore-glob='tests/test_losses_*.py' "$@"
 }
 
 if [ "${SERIAL:-0}" = 1 ]; then
     lane_a "$@" || status=1
     lane_b "$@" || status=1
 else
-    pass "lanes in parallel: A = TensorFlow, Keras 3.13, torch (log $LOGS/a.log), B = JAX ($LOGS/b.log)"
+    pass "lanes in parallel: A = TensorFlow, Keras 3.13, torch, JAX losses (log $LOGS/a.log), B = JAX, the rest ($LOGS/b.log)"
     lane_a "$@" >"$LOGS/a.log" 2>&1 &
     pid_a=$!
     lane_b "$@" >"$LOGS/b.log" 2>&1 &
     pid_b=$!
     wait $pid_a
     status_a=$?
-    echo "=== lane A (TensorFlow, Keras 3.13, torch) ended with status $status_a:"
+    echo "=== lane A (TensorFlow, Keras 3.13, torch, JAX losses) ended with status $status_a:"
     cat "$LOGS/a.log"
     wait $pid_b
     status_b=$?
-    echo "=== lane B (JAX) ended with status $status_b:"
+    echo "=== lane B (JAX, all but the losses) ended with status $status_b:"
     cat "$LOGS/b.log"
     [ $status_a = 0 ] && [ $status_b = 0 ] || status=1
 fi
