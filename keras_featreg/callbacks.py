@@ -17,7 +17,8 @@ import numpy as np
 from keras import ops
 
 from keras_featreg import _utils
-from keras_featreg.evaluation._checks import check_ks, check_label_array, ranking_of
+from keras_featreg._host import check_label_array, ranking_of
+from keras_featreg.evaluation._checks import check_ks
 from keras_featreg.evaluation._extract import embed, is_tf_dataset
 from keras_featreg.evaluation._report import evaluate_retrieval
 from keras_featreg.metrics import MEASURES, collapse_measures, spectrum_statistics

@@ -2,18 +2,7 @@
 
 import numbers
 
-from keras_featreg._host import (  # noqa: F401  (one home: keras_featreg._host)
-    check_embeddings,
-    check_label_array,
-    num_threads_of,
-    ranking_of,
-)
 from keras_featreg._utils import check_int
-
-
-def _check_embeddings(embeddings, name="embeddings"):
-    """Returns `embeddings` as a finite float32/float64 NumPy matrix with >= 2 rows."""
-    return check_embeddings(embeddings, name=name)
 
 
 def _ks_tuple(ks):
@@ -58,7 +47,3 @@ def check_reference_ks(ks, num_neighbours, includes_query):
 
 def _check_chunk_size(chunk_size):
     return check_int("chunk_size", chunk_size)
-
-
-def _num_threads(num_threads):
-    return num_threads_of(num_threads)

@@ -3,7 +3,7 @@
 import numpy as np
 
 from keras_featreg._utils import check_choice
-from keras_featreg.evaluation._checks import _check_embeddings, check_label_array
+from keras_featreg._host import check_embeddings, check_label_array
 
 
 # --------------------------------------------------------------------------- #
@@ -37,7 +37,7 @@ def nmi(embeddings, labels, seed=0, average_method="geometric", n_init="auto"):
     from sklearn.metrics import normalized_mutual_info_score
 
     check_choice("average_method", average_method, ("geometric", "arithmetic", "min", "max"))
-    x = _check_embeddings(embeddings)
+    x = check_embeddings(embeddings)
     labels = check_label_array(labels, x.shape[0])
     num_classes = np.unique(labels).size
     if num_classes < 2:

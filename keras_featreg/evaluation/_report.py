@@ -2,7 +2,8 @@
 
 import numpy as np
 
-from keras_featreg.evaluation._checks import _check_chunk_size, _num_threads
+from keras_featreg._host import num_threads_of
+from keras_featreg.evaluation._checks import _check_chunk_size
 from keras_featreg.evaluation._clustering import nmi
 from keras_featreg.evaluation._reference import ReferenceSearch, wants_reference
 from keras_featreg.evaluation._retrieval import map_at_r, r_precision, recall_at_k
@@ -75,7 +76,7 @@ def evaluate_retrieval(
         return _evaluate_reference(
             ReferenceSearch(embeddings, labels, reference_embeddings, reference_labels,
                             reference_includes_query, index, metric,
-                            _num_threads(num_threads)),
+                            num_threads_of(num_threads)),
             ks, nmi, map_at_r, r_precision, seed, _check_chunk_size(chunk_size), prefix)
     recalls = recall_at_k(embeddings, labels, ks=ks, chunk_size=chunk_size, metric=metric,
                           num_threads=num_threads)

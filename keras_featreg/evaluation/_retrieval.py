@@ -7,7 +7,8 @@ distance matrix of `_tiling`, ties pessimistic. Query and reference sets: over
 
 import numpy as np
 
-from keras_featreg.evaluation._checks import _check_chunk_size, check_ks, _num_threads
+from keras_featreg._host import num_threads_of
+from keras_featreg.evaluation._checks import _check_chunk_size, check_ks
 from keras_featreg.evaluation._reference import ReferenceSearch, wants_reference
 from keras_featreg.evaluation._tiling import _Prepared, _run_blocks, _tiles
 
@@ -177,7 +178,7 @@ def recall_at_k(
     {1: 0.5, 3: 1.0}
     """
     chunk_size = _check_chunk_size(chunk_size)
-    num_threads = _num_threads(num_threads)
+    num_threads = num_threads_of(num_threads)
     if wants_reference(reference_embeddings, reference_labels, reference_includes_query, index):
         search = ReferenceSearch(embeddings, labels, reference_embeddings, reference_labels,
                                  reference_includes_query, index, metric, num_threads)
@@ -249,7 +250,7 @@ def precision_at_1(
     1.0
     """
     chunk_size = _check_chunk_size(chunk_size)
-    num_threads = _num_threads(num_threads)
+    num_threads = num_threads_of(num_threads)
     if wants_reference(reference_embeddings, reference_labels, reference_includes_query, index):
         search = ReferenceSearch(embeddings, labels, reference_embeddings, reference_labels,
                                  reference_includes_query, index, metric, num_threads)
@@ -332,7 +333,7 @@ def _scores_at_r_per_query(embeddings, labels, chunk_size, metric, num_threads,
     """MAP@R, R-precision and the AP@R and R-precision of every query, in input order
     (NaN where R = 0), in either form."""
     chunk_size = _check_chunk_size(chunk_size)
-    num_threads = _num_threads(num_threads)
+    num_threads = num_threads_of(num_threads)
     if wants_reference(reference_embeddings, reference_labels, reference_includes_query, index):
         search = ReferenceSearch(embeddings, labels, reference_embeddings, reference_labels,
                                  reference_includes_query, index, metric, num_threads)
