@@ -101,6 +101,11 @@ _CLASSES += [MultiSimilarityLoss, SupConLoss, NTXentLoss, LiftedStructureLoss,
 _CLASSES += [ProxyAnchorLoss, ArcFaceLoss, CosFaceLoss]
 _CLASSES += [CircleLoss]
 
+# -- issue 21: PML's pair, ranking and average-precision half (one block per family) --
+# [parts: SNR contrastive, DynamicSoftMargin, SelfSupervisedLoss, MultipleLosses]
+# [pair losses: TupletMargin, IntraPairVariance, Margin, NCA, Instance, Manifold]
+# [ranking / AP losses: FastAP, SmoothAP, PNP, Histogram, RankedList, ThresholdConsistentMargin]
+
 
 def _aliases():
     table = {}
