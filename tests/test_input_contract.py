@@ -165,7 +165,9 @@ def _constructors():
     classes = _library_losses()
     classes += [regularizers.SVMax, regularizers.VICReg, regularizers.SpreadOut]
     classes += [getattr(miners, n) for n in ("MultiSimilarityMiner", "PairMarginMiner",
-                                              "BalancedPairMiner")]
+                                              "BalancedPairMiner", "TripletMarginMiner",
+                                              "DistanceWeightedMiner", "AngularMiner",
+                                              "HDCMiner", "UniformHistogramMiner")]
     classes += [callbacks.SpectrumMonitor, layers.ProxyHead, layers.EmbeddingMemory]
     out = []
     for cls in classes:
@@ -276,7 +278,10 @@ def test_retrieval_metrics_follow_the_label_contract(metric):
 
 MINERS = [miners.SemiHardMiner(), miners.BatchHardMiner(), miners.BatchAllMiner(),
           miners.MultiSimilarityMiner(), miners.PairMarginMiner(),
-          miners.BalancedPairMiner()]
+          miners.BalancedPairMiner(), miners.TripletMarginMiner(),
+          miners.BatchEasyHardMiner(), miners.BatchEasyHardMiner(output="triplets"),
+          miners.DistanceWeightedMiner(embedding_size=D, seed=0), miners.AngularMiner(),
+          miners.HDCMiner(), miners.UniformHistogramMiner(seed=0)]
 
 
 @pytest.mark.parametrize("miner", MINERS, ids=repr)

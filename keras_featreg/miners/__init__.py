@@ -6,12 +6,20 @@ labels, and returns either
 
 * :class:`MinedPairs` -- boolean ``(b, m)`` masks of the selected positive and negative
   pairs (pair miners: :class:`MultiSimilarityMiner`, :class:`PairMarginMiner`,
-  :class:`BalancedPairMiner`), which any pair-based loss (contrastive,
+  :class:`BalancedPairMiner`, :class:`HDCMiner`, :class:`UniformHistogramMiner`,
+  :class:`BatchEasyHardMiner`), which any pair-based loss (contrastive,
   Multi-Similarity, lifted structure, SupCon, NT-Xent) intersects with its own pairs; or
 * :class:`MinedTriplets` -- anchor-positive and anchor-negative
   values with the mask of the triplets that exist (triplet miners:
-  :class:`SemiHardMiner`, :class:`BatchHardMiner`, :class:`BatchAllMiner`), which
+  :class:`SemiHardMiner`, :class:`BatchHardMiner`, :class:`BatchAllMiner`,
+  :class:`TripletMarginMiner`, :class:`AngularMiner`, :class:`DistanceWeightedMiner`;
+  :class:`BatchEasyHardMiner` with ``output="triplets"``), which
   :class:`~keras_featreg.losses.TripletLoss` consumes.
+
+The miners ported from pytorch-metric-learning 2.9 select the same pairs or triplets as
+PML's (whose index tuples become masks); :class:`DistanceWeightedMiner` and
+:class:`UniformHistogramMiner` draw at random from a seeded
+:class:`keras.random.SeedGenerator` (``seed=``).
 
 Every miner has static output shapes (masks over the ``(b, m)`` matrix, never index
 lists of data-dependent length), so it compiles under XLA and ``jax.jit``. Mining is
@@ -25,12 +33,21 @@ A user-written miner is a subclass of :class:`Miner` with
 ``(matrix, labels) -> MinedPairs | MinedTriplets`` (wrapped by :func:`get`).
 
 String identifiers (:func:`get`): ``"semi_hard"``, ``"hard"``, ``"all"``,
-``"multi_similarity"``, ``"pair_margin"``, ``"balanced_pair"``.
+``"multi_similarity"``, ``"pair_margin"``, ``"balanced_pair"``, ``"triplet_margin"``,
+``"batch_easy_hard"``, ``"distance_weighted"``, ``"angular"``, ``"hdc"``,
+``"uniform_histogram"``.
 """
 
 from keras_featreg import _parts
 from keras_featreg.miners._base import MinedPairs, MinedTriplets, Miner, _CallableMiner
 from keras_featreg.miners._pairs import BalancedPairMiner, MultiSimilarityMiner, PairMarginMiner
+from keras_featreg.miners._pml import AngularMiner, BatchEasyHardMiner, HDCMiner, TripletMarginMiner
+from keras_featreg.miners._sampling import (
+    DistanceWeightedMiner,
+    UniformHistogramMiner,
+    histogram_bins,
+    sample_rows,
+)
 from keras_featreg.miners._triplets import (
     CUBIC_MAX_BATCH,
     SOFT_CHUNK_ELEMENTS,
@@ -45,26 +62,37 @@ from keras_featreg.miners._triplets import (
 )
 
 __all__ = [
+    "AngularMiner",
     "BalancedPairMiner",
     "BatchAllMiner",
+    "BatchEasyHardMiner",
     "BatchHardMiner",
+    "DistanceWeightedMiner",
+    "HDCMiner",
     "MinedPairs",
     "MinedTriplets",
     "Miner",
     "MultiSimilarityMiner",
     "PairMarginMiner",
     "SemiHardMiner",
+    "TripletMarginMiner",
+    "UniformHistogramMiner",
     "batch_all",
     "batch_all_hinge_sums",
     "batch_all_soft_mean",
     "batch_hard",
     "batch_semi_hard",
     "get",
+    "histogram_bins",
     "name_of",
+    "sample_rows",
 ]
 
 _BY_NAME = {cls.name: cls for cls in (SemiHardMiner, BatchHardMiner, BatchAllMiner,
-                                      MultiSimilarityMiner, PairMarginMiner, BalancedPairMiner)}
+                                      MultiSimilarityMiner, PairMarginMiner, BalancedPairMiner,
+                                      TripletMarginMiner, BatchEasyHardMiner,
+                                      DistanceWeightedMiner, AngularMiner, HDCMiner,
+                                      UniformHistogramMiner)}
 NAMES = tuple(_BY_NAME)
 TRIPLET_NAMES = ("semi_hard", "hard", "all")
 _FUNCTIONS = {batch_semi_hard: SemiHardMiner, batch_hard: BatchHardMiner,
@@ -74,8 +102,10 @@ _FUNCTIONS = {batch_semi_hard: SemiHardMiner, batch_hard: BatchHardMiner,
 def get(identifier, arg="miner"):
     """A :class:`Miner` from a name, an instance, a serialized config, a callable or None.
 
-    Names: ``"semi_hard"``, ``"hard"``, ``"all"`` (triplets), ``"multi_similarity"``,
-    ``"pair_margin"``, ``"balanced_pair"`` (pairs). The functions
+    Names: ``"semi_hard"``, ``"hard"``, ``"all"``, ``"triplet_margin"``, ``"angular"``,
+    ``"distance_weighted"`` (triplets), ``"multi_similarity"``, ``"pair_margin"``,
+    ``"balanced_pair"``, ``"hdc"``, ``"uniform_histogram"``, ``"batch_easy_hard"``
+    (pairs). The functions
     :func:`keras_featreg.miners.batch_semi_hard` / ``batch_hard`` / ``batch_all`` map to
     their miner objects; any other callable ``(matrix, labels) -> MinedPairs |
     MinedTriplets`` is wrapped (it is given the matrix in "smaller is closer"
